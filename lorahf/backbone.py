@@ -1,0 +1,448 @@
+"""The one shared base model, and every RLHF role as a LoRA adapter (plus a scalar head) on it.
+
+RLHF needs a policy, a frozen reference, a reward model and a value model. Held as four models they
+cost four times the memory; here the base is loaded **once** (8-bit by default) and each role is a
+named peft adapter of a few MB. Running as a role is `backbone.use("reward")`, not a model load.
+
+    backbone = Backbone.load("google/flan-t5-base", quantization="8bit")
+    backbone.add_adapter("sft", LoraSpec())
+    backbone.copy_adapter("sft", "policy")
+    backbone.use("policy")
+
+peft's `set_adapter` also flips `requires_grad` (only the active adapter trains), which silently zeroes
+the gradient of an adapter that is switched away from before `backward()`. PPO trains two adapters in
+one step, so the Backbone owns `requires_grad` itself: `set_trainable(...)` says which roles train, and
+switching roles never changes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lorahf.errors import LorahfError
+from lorahf.runs import atomic_path
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+HEAD_FILE = "head.safetensors"
+
+
+class ScalarHead(nn.Module):
+    """One number per decoder position: a sequence score (reward) or a per-token value.
+
+    `offset` is not trained: the reward stage sets it so that the SFT data's own responses score 0 on
+    average, which keeps PPO's rewards centred."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.linear = nn.Linear(d_model, 1)
+        nn.init.normal_(self.linear.weight, std=d_model ** -0.5)
+        nn.init.zeros_(self.linear.bias)
+        self.register_buffer("offset", torch.zeros(()))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.float()).squeeze(-1) - self.offset
+
+
+@dataclass
+class MemoryReport:
+    """Bytes held by the shared base and by each role's adapter and head."""
+
+    base_bytes: int
+    adapter_bytes: dict[str, int] = field(default_factory=dict)
+    head_bytes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.base_bytes + sum(self.adapter_bytes.values()) + sum(self.head_bytes.values())
+
+    @property
+    def separate_models_bytes(self) -> int:
+        """What the same roles would cost as separate copies of the model (each with its head)."""
+        return sum(self.base_bytes + self.head_bytes.get(role, 0) for role in self.adapter_bytes)
+
+    @property
+    def ratio(self) -> float:
+        return self.total_bytes / max(self.separate_models_bytes, 1)
+
+    def as_dict(self) -> dict:
+        return {"base_bytes": self.base_bytes, "adapter_bytes": dict(self.adapter_bytes),
+                "head_bytes": dict(self.head_bytes), "total_bytes": self.total_bytes,
+                "separate_models_bytes": self.separate_models_bytes, "ratio": round(self.ratio, 4)}
+
+
+class Backbone:
+    """The base model, its tokenizer, and the adapters and heads of every role."""
+
+    _live: weakref.ref | None = None  # the Backbone alive in this process, if any
+
+    def __init__(self, model, tokenizer, name: str, quantization: str, device: torch.device):
+        self.base = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.quantization = quantization
+        self.device = device
+        self.peft = None  # becomes a PeftModel when the first adapter is added
+        self.heads = nn.ModuleDict()
+        self.active: str | None = None
+        self._trainable: set[str] = set()
+
+    # ---------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, name: str, quantization: str = "8bit", device: str = "auto") -> "Backbone":
+        """Load tokenizer and base once, frozen, through `from_pretrained` (a hub id or a local folder)."""
+        live = cls._live() if cls._live else None
+        if live is not None:
+            raise LorahfError(f"a base model ({live.name}) is already loaded in this process; reuse that "
+                              "Backbone or call .close() on it first")
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        _quiet_libraries()
+        target = _pick_device(device)
+        local = Path(name)
+        if (local.exists() or name.startswith((".", "/"))) and not (local / "config.json").is_file():
+            raise LorahfError(f"{name}: not a model folder (no config.json); give a hub id such as "
+                              "google/flan-t5-base or a folder written by save_pretrained")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForSeq2SeqLM.from_pretrained(
+                name, dtype=_compute_dtype(target), device_map={"": str(target)},
+                quantization_config=_quantization_config(quantization, target))
+        except OSError as error:
+            raise LorahfError(f"{name}: cannot load the model ({str(error).splitlines()[0]})") from None
+        if not model.config.is_encoder_decoder:
+            raise LorahfError(f"{name}: lorahf needs an encoder-decoder model (T5 family), "
+                              f"this is {model.config.model_type}")
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        backbone = cls(model, tokenizer, name, quantization, target)
+        cls._live = weakref.ref(backbone)
+        return backbone
+
+    def close(self) -> None:
+        """Release the base so that another can be loaded in this process."""
+        if Backbone._live is not None and Backbone._live() is self:
+            Backbone._live = None
+        self.base = self.peft = None
+        self.heads = nn.ModuleDict()
+
+    @property
+    def model(self):
+        """The model to call: the PeftModel once an adapter exists, the bare base before."""
+        return self.peft if self.peft is not None else self.base
+
+    @property
+    def t5(self):
+        """The underlying T5ForConditionalGeneration (with LoRA layers injected, if any)."""
+        return self.peft.get_base_model() if self.peft is not None else self.base
+
+    @property
+    def d_model(self) -> int:
+        return self.base.config.d_model
+
+    # --------------------------------------------------------------------------------- adapters
+    @property
+    def roles(self) -> list[str]:
+        return list(self.peft.peft_config) if self.peft is not None else []
+
+    def has_adapter(self, role: str) -> bool:
+        return role in self.roles
+
+    def add_adapter(self, role: str, lora, head: bool = False) -> None:
+        """A fresh LoRA adapter for `role` (lora_B is zero, so it starts equal to the base)."""
+        from peft import LoraConfig, get_peft_model
+
+        if self.has_adapter(role):
+            raise LorahfError(f"adapter '{role}' already exists")
+        config = LoraConfig(task_type="SEQ_2_SEQ_LM", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=list(lora.target_modules))
+        if self.peft is None:
+            self.peft = get_peft_model(self.base, config, adapter_name=role)
+        else:
+            self.peft.add_adapter(role, config)
+        if head:
+            self.heads[role] = ScalarHead(self.d_model).to(self.device)
+        self._refresh()
+
+    def copy_adapter(self, source: str, target: str) -> None:
+        """`target` becomes an exact copy of `source` (adapter weights and head), e.g. policy from sft."""
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        self._require(source)
+        if self.has_adapter(target):
+            self.peft.delete_adapter(target)
+        self.peft.add_adapter(target, copy.deepcopy(self.peft.peft_config[source]))
+        set_peft_model_state_dict(self.peft, get_peft_model_state_dict(self.peft, adapter_name=source),
+                                  adapter_name=target)
+        if source in self.heads:
+            self.heads[target] = copy.deepcopy(self.heads[source])
+        elif target in self.heads:
+            del self.heads[target]
+        self._refresh()
+
+    def use(self, role: str | None) -> "Backbone":
+        """Run as `role` from now on (None: the bare base). Never changes what trains."""
+        if role is None:
+            if self.peft is not None:
+                self.peft.base_model.disable_adapter_layers()
+        else:
+            self._require(role)
+            self.peft.base_model.enable_adapter_layers()
+            self.peft.set_adapter(role)
+        self.active = role
+        self._refresh()
+        return self
+
+    def set_trainable(self, *roles: str) -> None:
+        """Exactly these roles' adapters and heads get gradients; everything else stays frozen."""
+        for role in roles:
+            self._require(role)
+        self._trainable = set(roles)
+        self._refresh()
+
+    def parameters(self, role: str) -> list[nn.Parameter]:
+        """The trainable tensors of `role`: its LoRA weights, then its head's."""
+        self._require(role)
+        found = [p for name, p in self.peft.named_parameters() if _adapter_of(name) == role]
+        if role in self.heads:
+            found += list(self.heads[role].parameters())
+        return found
+
+    def head(self, role: str) -> ScalarHead:
+        if role not in self.heads:
+            raise LorahfError(f"role '{role}' has no scalar head")
+        return self.heads[role]
+
+    def _refresh(self) -> None:
+        """Re-assert requires_grad after peft touched it (set_adapter, add_adapter, load_adapter)."""
+        if self.peft is not None:
+            for name, parameter in self.peft.named_parameters():
+                role = _adapter_of(name)
+                parameter.requires_grad_(role is not None and role in self._trainable)
+        for role, head in self.heads.items():
+            head.requires_grad_(role in self._trainable)
+
+    def _require(self, role: str) -> None:
+        if not self.has_adapter(role):
+            raise LorahfError(f"no adapter named '{role}' (have: {', '.join(self.roles) or 'none'})")
+
+    # ------------------------------------------------------------------------------ save / load
+    def save_adapter(self, role: str, folder: str | Path) -> Path:
+        """Write `role` as a standard peft adapter folder (+ head.safetensors), atomically.
+
+        The folder loads with plain `PeftModel.from_pretrained(base, folder)`."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        self._require(role)
+        folder = Path(folder)
+        state = {k: v.detach().contiguous().cpu() for k, v in
+                 get_peft_model_state_dict(self.peft, adapter_name=role).items()}
+        with atomic_path(folder) as temp:
+            temp.mkdir()
+            config = copy.deepcopy(self.peft.peft_config[role])
+            config.base_model_name_or_path = self.name
+            config.inference_mode = True
+            config.save_pretrained(str(temp))
+            save_file(state, str(temp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+            if role in self.heads:
+                head_state = {k: v.detach().contiguous().cpu() for k, v in self.heads[role].state_dict().items()}
+                save_file(head_state, str(temp / HEAD_FILE), metadata={"d_model": str(self.d_model)})
+        return folder
+
+    def load_adapter(self, role: str, folder: str | Path) -> None:
+        """Load an adapter folder written by `save_adapter` (or by peft) as `role`, replacing any."""
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / ADAPTER_CONFIG).is_file():
+            raise LorahfError(f"{folder}: not an adapter folder (no {ADAPTER_CONFIG})")
+        if self.has_adapter(role):
+            if self.active == role:
+                self.use(None)
+            self.peft.delete_adapter(role)
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.base, str(folder), adapter_name=role, is_trainable=True)
+        else:
+            self.peft.load_adapter(str(folder), adapter_name=role, is_trainable=True)
+        if (folder / HEAD_FILE).is_file():
+            head = ScalarHead(self.d_model).to(self.device)
+            head.load_state_dict(load_file(str(folder / HEAD_FILE), device=str(self.device)))
+            self.heads[role] = head
+        self._refresh()
+
+    # ------------------------------------------------------------------------------------ memory
+    def memory_report(self) -> MemoryReport:
+        """Bytes of the base (quantized weights counted as stored) vs each adapter and head."""
+        base = 0
+        adapters: dict[str, int] = {role: 0 for role in self.roles}
+        model = self.model
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+            size = tensor.numel() * tensor.element_size()
+            role = _adapter_of(name)
+            if role is None:
+                base += size + _quant_state_bytes(tensor)
+            else:
+                adapters[role] += size
+        heads = {role: sum(t.numel() * t.element_size() for t in head.state_dict().values())
+                 for role, head in self.heads.items()}
+        return MemoryReport(base_bytes=base, adapter_bytes=adapters, head_bytes=heads)
+
+    # ---------------------------------------------------------------------------------- forward
+    def encode(self, batch) -> torch.Tensor:
+        """Encoder states of the prompts, under the active role."""
+        return self.t5.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+
+    def decode(self, batch, encoder_states: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder states for [start] + response, teacher-forced: [B, R + 1, d_model].
+
+        Position t has read the start token and response tokens < t, so states[:, t] predicts response
+        token t (t < R), and states[:, length] has read the whole response including its EOS."""
+        if encoder_states is None:
+            encoder_states = self.encode(batch)
+        start = torch.full_like(batch.response_ids[:, :1], self.t5.config.decoder_start_token_id)
+        decoder_ids = torch.cat([start, batch.response_ids], dim=1)
+        positions = torch.arange(decoder_ids.shape[1], device=decoder_ids.device)
+        decoder_mask = (positions[None, :] <= batch.response_lengths[:, None]).long()  # from lengths, never ids
+        return self.t5.decoder(input_ids=decoder_ids, attention_mask=decoder_mask,
+                               encoder_hidden_states=encoder_states,
+                               encoder_attention_mask=batch.attention_mask).last_hidden_state
+
+    def lm_logits(self, decoder_states: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from decoder states, exactly as T5ForConditionalGeneration computes them."""
+        if getattr(self.t5.config, "scale_decoder_outputs", False):
+            decoder_states = decoder_states * (self.d_model ** -0.5)
+        return self.t5.lm_head(decoder_states)
+
+    def response_logits(self, batch) -> torch.Tensor:
+        """[B, R, vocab]: logits[:, t] scores response token t."""
+        return self.lm_logits(self.decode(batch)[:, :-1])
+
+    def sequence_scores(self, batch, role: str | None = None) -> torch.Tensor:
+        """[B]: the head of `role` (default: the active one) at each response's last token."""
+        head = self.head(role or self.active)
+        states = self.decode(batch)
+        last = states[torch.arange(states.shape[0], device=states.device), batch.response_lengths]
+        return head(last)
+
+    def token_values(self, batch, role: str | None = None) -> torch.Tensor:
+        """[B, R]: the head of `role` at the state before each response token (a value per token)."""
+        return self.head(role or self.active)(self.decode(batch)[:, :-1])
+
+    @torch.no_grad()
+    def generate(self, batch, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Responses of the active role for a batch of prompts, in eval mode (no dropout).
+
+        Returns (response_ids [B, R] right-padded with pad after EOS, lengths [B] including EOS; a
+        response that hit the limit has no EOS and length max_new_tokens)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            output = self.model.generate(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
+                do_sample=do_sample, temperature=temperature if do_sample else None,
+                top_k=top_k if do_sample else None, top_p=top_p if do_sample else None,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        finally:
+            self.model.train(was_training)
+        responses = output[:, 1:]  # drop the decoder start token
+        return _cut_after_eos(responses, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+
+
+def respond(backbone: Backbone, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int = 64,
+            **sampling) -> list[str]:
+    """Decoded responses of the active role to tokenized prompts, generated in batches."""
+    from lorahf.data import collate
+
+    texts: list[str] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        batch = collate(prompt_ids[start:start + batch_size], None, backbone.tokenizer.pad_token_id)
+        responses, _ = backbone.generate(batch.to(backbone.device), max_new_tokens, **sampling)
+        texts += backbone.tokenizer.batch_decode(responses, skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
+def _quiet_libraries() -> None:
+    """lorahf reports progress itself; silence per-call chatter that would drown it."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    # bitsandbytes warns on every int8 matmul that fp32 inputs are cast to fp16 for quantization.
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def _cut_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    is_eos = responses == eos_id
+    lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, responses.shape[1])
+    positions = torch.arange(responses.shape[1], device=responses.device)
+    cleaned = responses.masked_fill(positions[None, :] >= lengths[:, None], pad_id)
+    return cleaned, lengths
+
+
+def _adapter_of(parameter_name: str) -> str | None:
+    """'...q.lora_A.policy.weight' -> 'policy'; None for base parameters."""
+    parts = parameter_name.split(".")
+    for index, part in enumerate(parts[:-1]):
+        if part.startswith("lora_"):
+            return parts[index + 1]
+    return None
+
+
+def _quant_state_bytes(tensor: torch.Tensor) -> int:
+    """bitsandbytes keeps int8 row scales (SCB) beside the weight, outside the state dict."""
+    scales = getattr(tensor, "SCB", None)
+    return scales.numel() * scales.element_size() if isinstance(scales, torch.Tensor) else 0
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LorahfError("model.device is 'cuda' but no CUDA GPU is visible", hint="use device: auto or cpu")
+    return torch.device(device)
+
+
+def _compute_dtype(device: torch.device) -> torch.dtype:
+    """T5 overflows in fp16; bf16 where the GPU has it, fp32 otherwise (and always on the CPU)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _quantization_config(quantization: str, device: torch.device):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise LorahfError(f"model.quantization '{quantization}' needs bitsandbytes, which is not installed",
+                          hint="pip install bitsandbytes, or set model.quantization: none") from None
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=_compute_dtype(device))
+    raise LorahfError(f"unknown quantization '{quantization}' (use 8bit, 4bit or none)")
+
+
+def describe_bytes(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} GiB"

@@ -1,0 +1,141 @@
+"""The `lorahf` command: parse, call the library, print with rich. Nothing else lives here."""
+
+from __future__ import annotations
+
+import sys
+from functools import wraps
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from lorahf import __version__
+from lorahf.errors import LorahfError
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def friendly(command):
+    """Show a LorahfError as its own lines (no traceback unless --debug) and exit non-zero."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return command(*args, **kwargs)
+        except LorahfError as error:
+            if debug:
+                raise
+            errors.print(f"[bold red]error:[/bold red] {error.message}", highlight=False, markup=True, soft_wrap=True)
+            if error.hint:
+                errors.print(f"[dim]hint: {error.hint}[/dim]", highlight=False)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            errors.print("[yellow]interrupted[/yellow]: finished stages are kept; run the same command to resume")
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lorahf")
+@click.option("--debug", is_flag=True, help="Show full Python tracebacks.")
+def main(debug: bool) -> None:
+    """RLHF on one base model: SFT, reward model, PPO and evaluation as LoRA adapters.
+
+    \b
+    Example:
+      lorahf run recipes/quickstart.yaml
+    """
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--stage", help="Run (or rerun) only this stage.")
+@click.option("--from", "from_stage", help="Rerun from this stage on.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe field, e.g. --set sft.learning_rate=5e-4 (repeatable).")
+@friendly
+def run(recipe: str, stage: str | None, from_stage: str | None, overrides: tuple[str, ...]) -> None:
+    """Run a recipe's stages; finished stages are skipped, so rerunning resumes.
+
+    \b
+    Example:
+      lorahf run recipes/quickstart.yaml --set sft.max_steps=50
+    """
+    from lorahf.pipeline import run as run_pipeline
+    from lorahf.progress import RichProgress
+
+    result = run_pipeline(recipe, stage=stage, from_stage=from_stage, overrides=list(overrides),
+                          progress=RichProgress(errors))
+    console.print(_summary_table(result))
+    console.print(f"run folder: [bold]{result.folder.root}[/bold]")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
+@click.option("--no-data", is_flag=True, help="Check the recipe only, without reading its data files.")
+@friendly
+def validate(recipe: str, overrides: tuple[str, ...], no_data: bool) -> None:
+    """Check a recipe (and its data files) without running anything.
+
+    \b
+    Example:
+      lorahf validate recipes/quickstart.yaml
+    """
+    from lorahf import recipe as recipes
+    from lorahf.pipeline import describe
+
+    loaded = recipes.load(recipe, list(overrides))
+    table = Table(title=f"{recipe}: valid", show_header=True, header_style="bold")
+    for column in ("stage", "what runs", "data"):
+        table.add_column(column)
+    for row in describe(loaded, read_data=not no_data):
+        table.add_row(*row)
+    console.print(table)
+
+
+@main.command("make-tiny")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder of JSONL/JSON/CSV/Parquet files whose text trains the tokenizer.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to save the model.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
+@click.option("--vocab-size", default=512, show_default=True, help="BPE vocabulary size.")
+@friendly
+def make_tiny(data_dir: str, out_dir: str, seed: int, vocab_size: int) -> None:
+    """Build the offline tiny T5 (tokenizer trained on DATA, random weights), deterministically.
+
+    \b
+    Example:
+      lorahf make-tiny --data examples/summaries/data --out models/tiny-t5
+    """
+    from lorahf.tiny import TinySpec, make_tiny as build
+
+    path = build(data_dir, out_dir, TinySpec(seed=seed, vocab_size=vocab_size))
+    console.print(f"tiny T5 saved to [bold]{path}[/bold]; load it like any model: model.name: {path}")
+
+
+def _summary_table(result) -> Table:
+    table = Table(title="lorahf run", header_style="bold")
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("metrics")
+    for name, metrics in result.metrics.items():
+        status = "skipped (done)" if name in result.skipped else "ran"
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                          if not isinstance(v, (dict, list)))
+        table.add_row(name, status, shown)
+    if result.memory:
+        from lorahf.backbone import describe_bytes
+
+        memory = result.memory
+        roles = ", ".join(f"{r} {describe_bytes(b)}" for r, b in memory["adapter_bytes"].items())
+        table.add_row("memory", "", f"base {describe_bytes(memory['base_bytes'])}; adapters: {roles}; "
+                                    f"{memory['ratio']:.2f}x of separate models")
+    return table
+
+
+if __name__ == "__main__":
+    main()

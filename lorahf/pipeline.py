@@ -1,0 +1,115 @@
+"""`lorahf run`: load the recipe, load the base once, run each stage that is not already done.
+
+    result = lorahf.run("recipes/quickstart.yaml")
+    result.metrics["sft"]["eval_loss"]
+
+A stage is skipped when its marker in the run folder says done with the same stage hash (everything
+that decides its output, upstream stages included), so rerunning the same command resumes a run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorahf import recipe as recipes
+from lorahf.backbone import Backbone
+from lorahf.errors import LorahfError
+from lorahf.progress import Progress
+from lorahf.runs import RunFolder, write_text
+
+
+@dataclass
+class RunResult:
+    folder: RunFolder
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    metrics: dict[str, dict] = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)
+
+
+def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stage: str | None = None,
+        overrides: list[str] | tuple[str, ...] = (), progress: Progress | None = None) -> RunResult:
+    """Run a recipe's stages in order; `stage` runs (or reruns) just that one, `from_stage` reruns from there on."""
+    from lorahf.stages import RUNNERS
+
+    progress = progress or Progress()
+    if not isinstance(recipe, recipes.Recipe):
+        recipe = recipes.load(recipe, overrides)
+    selected = select_stages(recipe, stage, from_stage)
+    folder = RunFolder(recipe.run_dir)
+    write_text(folder.recipe_path, recipes.dump(recipe))
+    ensure_base(recipe, progress)
+
+    result = RunResult(folder=folder)
+    backbone = Backbone.load(recipe.model.name, recipe.model.quantization, recipe.model.device)
+    try:
+        for name in selected:
+            stage_hash = recipe.stage_hash(name)
+            asked = stage is not None or from_stage is not None  # --stage / --from rerun what they select
+            if folder.is_done(name, stage_hash) and not asked:
+                result.skipped.append(name)
+                result.metrics[name] = folder.marker(name).metrics
+                progress.note(f"[dim]{name}: done already (same recipe), skipped[/dim]")
+                continue
+            progress.note(f"[bold]{name}[/bold]: starting")
+            started = time.perf_counter()
+            metrics = RUNNERS[name](recipe, backbone, folder, progress)
+            folder.mark_done(name, stage_hash, metrics, time.perf_counter() - started)
+            result.ran.append(name)
+            result.metrics[name] = metrics
+        result.memory = backbone.memory_report().as_dict()
+    finally:
+        backbone.close()
+    return result
+
+
+def select_stages(recipe: recipes.Recipe, stage: str | None, from_stage: str | None) -> list[str]:
+    if stage and from_stage:
+        raise LorahfError("give --stage or --from, not both")
+    for name in (stage, from_stage):
+        if name is not None and name not in recipe.stages:
+            raise LorahfError(f"stage '{name}' is not in this recipe's stages ({', '.join(recipe.stages)})")
+    if stage:
+        return [stage]
+    if from_stage:
+        return recipe.stages[recipe.stages.index(from_stage):]
+    return list(recipe.stages)
+
+
+def ensure_base(recipe: recipes.Recipe, progress: Progress) -> None:
+    """Offline quickstart: build the tiny T5 where the recipe expects the base, if it is not there yet."""
+    from lorahf.tiny import make_tiny
+
+    source = recipe.model.make_tiny_from
+    if source is None or Path(recipe.model.name).exists():
+        return
+    progress.note(f"building the offline tiny T5 in {recipe.model.name} from {source}")
+    make_tiny(source, recipe.model.name)
+
+
+STAGE_DATA_SHAPES = {"sft": "sft", "reward": "preference"}
+"""The shape of data each stage reads (see lorahf.data.SHAPES)."""
+
+
+def describe(recipe: recipes.Recipe, read_data: bool = True) -> list[tuple[str, str, str]]:
+    """One row per part of the run (stage, what runs, data), checking each stage's data on the way."""
+    from lorahf import data
+
+    base = recipe.model.name + ("" if Path(recipe.model.name).exists() or not recipe.model.make_tiny_from
+                                else f" (built from {recipe.model.make_tiny_from})")
+    rows = [("model", f"{base}, {recipe.model.quantization}", "")]
+    folder = RunFolder(recipe.run_dir)
+    for name in recipe.stages:
+        section = getattr(recipe, name)
+        status = " [done]" if folder.is_done(name, recipe.stage_hash(name)) else ""
+        what = (f"lr {section.learning_rate:g}, batch {section.batch_size}, epochs {section.epochs:g}"
+                + (f", max {section.max_steps} steps" if section.max_steps else "") + status)
+        files = section.data.files
+        summary = ", ".join(files)
+        if read_data:
+            rows_loaded = data.load_rows(files, STAGE_DATA_SHAPES[name], section.data.columns)
+            summary = f"{len(rows_loaded)} rows from {summary}"
+        rows.append((name, what, summary))
+    return rows

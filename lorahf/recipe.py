@@ -1,0 +1,369 @@
+"""The recipe: one YAML file that describes a whole run.
+
+The schema below *is* the documentation of every field: each one has a type, a default and a one-line
+docstring saying what it does and why its default is what it is. Loading is strict: an unknown key is
+an error (with a "did you mean"), and every problem in the file is reported at once, one line each,
+with its key path and line number.
+
+    recipe = load("recipes/quickstart.yaml", overrides=["sft.learning_rate=5e-4"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lorahf.errors import RecipeError
+
+STAGES = ("sft", "reward")
+"""The stages a recipe may list, in the only order they can run."""
+
+T5_LINEAR_LAYERS = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
+
+
+class Section(BaseModel):
+    """A recipe section: unknown keys are errors, field docstrings are the docs."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- model
+class ModelSpec(Section):
+    name: str
+    """Hub id (e.g. google/flan-t5-base) or a local folder written by save_pretrained."""
+    quantization: Literal["8bit", "4bit", "none"] = "8bit"
+    """How the one shared base is held: LLM.int8 (default), NF4 for the largest bases, or unquantized (bf16 on a GPU, fp32 on a CPU)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the base lives; auto picks the GPU when there is one."""
+    make_tiny_from: str | None = None
+    """Offline quickstart only: when `name` is a folder that does not exist yet, build the tiny T5 there from this data folder first."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30 % slower; never used while generating."""
+
+
+class LoraSpec(Section):
+    r: int = Field(16, ge=1)
+    """Rank of the LoRA update; 16 learned the tiny task as well as full fine-tuning."""
+    alpha: float = Field(32, gt=0)
+    """LoRA scaling numerator (the update is scaled by alpha / r); 2 x r is the common choice."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA input during SFT and reward training (RL runs in eval mode, so none there)."""
+    target_modules: list[str] = Field(default_factory=lambda: list(T5_LINEAR_LAYERS))
+    """T5 linear layers that get an adapter; all of them is the strongest choice at a few MB per role."""
+
+
+class LoraRoles(Section):
+    sft: LoraSpec = Field(default_factory=LoraSpec)
+    """The SFT adapter; the PPO policy starts as a copy of it, so it shares these settings."""
+    reward: LoraSpec = Field(default_factory=LoraSpec)
+    """The reward adapter; the PPO value model starts as a copy of it, so it shares these settings."""
+
+
+# ---------------------------------------------------------------------------------------------- data
+class DataSpec(Section):
+    files: list[str] = Field(min_length=1)
+    """JSONL, JSON, CSV or Parquet files, `save_to_disk` folders, or hub dataset names."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Map lorahf's column names to yours, e.g. {prompt: document, response: summary}."""
+    eval_fraction: float = Field(0.05, ge=0, le=0.5)
+    """Share of rows held out for evaluation (a deterministic split from the seed); ignored when eval_files is set."""
+    eval_files: list[str] = Field(default_factory=list)
+    """Held-out files to use instead of splitting `files`."""
+    max_rows: int | None = Field(None, ge=1)
+    """Use only the first N rows (handy for a dry run on a big file)."""
+
+    @field_validator("files", "eval_files", mode="before")
+    @classmethod
+    def _one_file_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+# -------------------------------------------------------------------------------------------- stages
+class OptimizerSpec(Section):
+    learning_rate: float = Field(3e-4, gt=0)
+    """AdamW learning rate for the adapter; 1e-4 to 5e-4 suits LoRA on Flan-T5, 1e-3 the tiny model."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay on the adapter weights; LoRA rarely needs it."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up from 0 to the learning rate over this many optimizer steps."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    """After warm-up: hold the rate, or decay it to 0 linearly or along a cosine by the last step."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the gradient norm (None: no clipping); clipping kept the tiny model's LoRA stable."""
+
+
+class SFTStage(OptimizerSpec):
+    data: DataSpec
+    """Pairs of prompt and response (columns `prompt`, `response`)."""
+    batch_size: int = Field(16, ge=1)
+    """Pairs per optimizer step."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training pairs (fractions allowed); `max_steps` stops earlier."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps, whatever `epochs` says."""
+    eval_every: int = Field(100, ge=1)
+    """Held-out loss every N steps; the best adapter by held-out loss is the one kept."""
+    eval_samples: int = Field(16, ge=0)
+    """Held-out prompts generated greedily at each evaluation, for ROUGE-L and samples/sft.jsonl."""
+
+
+class RewardStage(OptimizerSpec):
+    data: DataSpec
+    """Preferences: (prompt, chosen, rejected), (prompt, responses, ranking) or (prompt, response, score)."""
+    batch_size: int = Field(16, ge=1)
+    """Preference pairs (or ranked groups, or scored responses) per optimizer step."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training preferences; a reward model overfits fast, one is usually enough."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps, whatever `epochs` says."""
+    eval_every: int = Field(100, ge=1)
+    """Held-out accuracy every N steps; the best adapter by it is the one kept."""
+
+
+class JudgeSpec(Section):
+    python: str
+    """A scoring function of yours, `module:function` or `path/to/file.py:function`, called as f(prompt, response) -> float."""
+
+
+# ------------------------------------------------------------------------------------------- recipe
+class Recipe(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """Name of the run; its folder is output_dir/name."""
+    output_dir: str = "runs"
+    """Folder that holds run folders."""
+    seed: int = 0
+    """Seeds data splits, shuffling, adapter init and sampling, so a run can be repeated."""
+    model: ModelSpec
+    """The one base model every role shares."""
+    lora: LoraRoles = Field(default_factory=LoraRoles)
+    """LoRA settings per trained role."""
+    prompt_template: str = "{prompt}"
+    """How a prompt becomes the encoder's input, e.g. 'summarize: {prompt}' for Flan-T5."""
+    max_prompt_tokens: int = Field(512, ge=8)
+    """Longer prompts are truncated (and counted in the data summary)."""
+    max_response_tokens: int = Field(64, ge=2)
+    """Longer responses are truncated (and counted); also the generation limit."""
+    stages: list[Literal["sft", "reward"]] = Field(default_factory=lambda: list(STAGES))
+    """Stages to run, in order."""
+    judges: dict[str, JudgeSpec] = Field(default_factory=dict)
+    """Named judges that score responses in the stage reports (e.g. the example's gold judge)."""
+    sft: SFTStage | None = None
+    """Supervised fine-tuning of the `sft` adapter."""
+    reward: RewardStage | None = None
+    """Reward model: the `reward` adapter plus a scalar head."""
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_has_prompt(cls, value: str) -> str:
+        if "{prompt}" not in value:
+            raise ValueError("must contain {prompt}")
+        return value
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def stage_hash(self, stage: str) -> str:
+        """A hash of everything that decides what `stage` produces, its upstream stages included.
+
+        A finished stage is skipped only when its marker holds this same hash."""
+        shared = self.model_dump(mode="json", include={"seed", "model", "prompt_template",
+                                                        "max_prompt_tokens", "max_response_tokens"})
+        role = {"sft": "sft", "reward": "reward"}[stage]
+        parts = {"shared": shared, "lora": self.lora.model_dump(mode="json")[role],
+                 "stage": getattr(self, stage).model_dump(mode="json"),
+                 "upstream": [self.stage_hash(up) for up in UPSTREAM[stage] if up in self.stages]}
+        return _hash(parts)
+
+    @property
+    def hash(self) -> str:
+        """A hash of the whole resolved recipe except where it is written."""
+        return _hash(self.model_dump(mode="json", exclude={"name", "output_dir"}))
+
+
+UPSTREAM = {"sft": [], "reward": ["sft"]}
+"""Which stages' outputs each stage starts from."""
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ loading
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(str(path), ["file not found"], hint="check the path, or copy one from recipes/")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise RecipeError(str(path), [f"{where}not valid YAML ({getattr(error, 'problem', error)})"]) from None
+    if raw is None:
+        raise RecipeError(str(path), ["the file is empty"])
+    if not isinstance(raw, dict):
+        raise RecipeError(str(path), ["the top level must be a mapping of keys to values"])
+    lines = _key_lines(node)
+    problems: list[str] = []
+    overridden: set[str] = set()
+    for override in overrides:
+        key, problem = _apply_override(raw, override)
+        if problem:
+            problems.append(problem)
+        else:
+            overridden.add(key)
+    return validate(raw, source=str(path), lines=lines, overridden=overridden, problems=problems)
+
+
+def validate(raw: dict, source: str = "recipe", lines: dict[str, int] | None = None,
+             overridden: set[str] = frozenset(), problems: list[str] | None = None) -> Recipe:
+    """Validate a recipe dictionary, collecting every problem (schema and cross-field) into one error."""
+    problems = list(problems or [])
+    lines = lines or {}
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as error:
+        for detail in error.errors():
+            problems.append(_describe(detail, lines, overridden))
+    if recipe is not None:
+        problems += [_with_line(key, msg, lines, overridden) for key, msg in _cross_checks(recipe)]
+    if problems:
+        raise RecipeError(source, problems, hint="`lorahf validate RECIPE` checks a recipe without running it")
+    return recipe
+
+
+def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
+    """Problems no single field can see: a listed stage without its section, stages out of order."""
+    found = []
+    for stage in recipe.stages:
+        if getattr(recipe, stage) is None:
+            found.append(("stages", f"lists '{stage}' but the recipe has no `{stage}:` section"))
+    order = [s for s in STAGES if s in recipe.stages]
+    if recipe.stages != order:
+        found.append(("stages", f"must run in the order {order}, not {recipe.stages}"))
+    if len(set(recipe.stages)) != len(recipe.stages):
+        found.append(("stages", "lists a stage twice"))
+    return found
+
+
+def dump(recipe: Recipe) -> str:
+    """The resolved recipe as YAML: every default filled in, exactly what ran."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, width=110)
+
+
+# -------------------------------------------------------------------------------- error formatting
+def _describe(detail: dict, lines: dict[str, int], overridden: set[str]) -> str:
+    loc = [part for part in detail["loc"] if not str(part).startswith("function-")]
+    key = _key_path(loc)
+    kind = detail["type"]
+    if kind == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        guess = _did_you_mean(str(loc[-1]), known)
+        message = "unknown key" + (f" (did you mean '{guess}'?)" if guess else
+                                   f" (known keys: {', '.join(known)})" if known else "")
+    elif kind == "missing":
+        message = "is required"
+    elif kind == "literal_error":
+        message = f"must be {detail['ctx']['expected']}, not {detail['input']!r}"
+    else:
+        message = f"{detail['msg'][0].lower()}{detail['msg'][1:]}"
+        if kind not in ("value_error",) and not isinstance(detail.get("input"), (dict, list)):
+            message += f", got {detail['input']!r}"
+        message = message.replace("Value error, ", "").replace("value error, ", "")
+    return _with_line(key, message, lines, overridden)
+
+
+def _did_you_mean(typo: str, known: list[str]) -> str | None:
+    """The closest known key: by spelling, or by initials (lr -> learning_rate)."""
+    close = difflib.get_close_matches(typo, known, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    by_initials = [k for k in known if "".join(w[0] for w in k.split("_") if w) == typo.lower()]
+    return by_initials[0] if len(by_initials) == 1 else None
+
+
+def _with_line(key: str, message: str, lines: dict[str, int], overridden: set[str]) -> str:
+    if key in overridden or any(key.startswith(o + ".") for o in overridden):
+        return f"--set {key}: {message}"
+    line = lines.get(key) or lines.get(key.rsplit(".", 1)[0]) if key else None
+    return f"{'line ' + str(line) + ': ' if line else ''}{key or '(top level)'}: {message}"
+
+
+def _key_path(loc: list) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _fields_at(loc: list) -> list[str]:
+    """Names of the fields of the section at `loc` (for "did you mean")."""
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _section_type(annotation: Any) -> type[Section] | None:
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_type(arg)
+        if found:
+            return found
+    return None
+
+
+def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """Map each key path in the YAML document to its 1-based line number."""
+    found: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            found[path] = key_node.start_mark.line + 1
+            found.update(_key_lines(value_node, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            path = f"{prefix}[{index}]"
+            found[path] = item.start_mark.line + 1
+            found.update(_key_lines(item, path))
+    return found
+
+
+def _apply_override(raw: dict, override: str) -> tuple[str, str | None]:
+    """Apply `key.path=value` to the raw recipe; the value is parsed as YAML (so 5e-4, true, [a, b] work)."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        return key, f"--set {override!r}: expected key.path=value"
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return key, f"--set {key}: '{part}' is not a section"
+        node = child
+    node[parts[-1]] = value
+    return key, None

@@ -1,0 +1,171 @@
+"""The run folder: where every stage writes, laid out so that it explains itself.
+
+    runs/<name>/
+      recipe.yaml            the resolved recipe (every default filled in)
+      adapters/<role>/       peft adapter files, plus head.safetensors for reward and value
+      stages/<stage>.json    marker: done, recipe hash, final metrics, wall time
+      checkpoints/<stage>/   mid-stage state for resuming an interrupted stage
+      metrics.jsonl          one JSON object per logged step
+      samples/<stage>.jsonl  generated responses with their scores
+
+Every file is written atomically (to a temporary name in the same folder, then renamed), so a killed
+run never leaves a half-written marker, adapter or recipe behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+TEMP_PREFIX = ".tmp-"
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success it replaces `final` in one rename.
+
+    Works for files and folders alike. On an exception the temporary is removed and `final` is untouched."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX + final.name + "-", dir=final.parent)) / final.name
+    try:
+        yield temp
+        if temp.is_dir():
+            _fsync_tree(temp)
+        elif temp.exists():
+            _fsync_file(temp)
+        if final.is_dir() and not final.is_symlink():
+            # A folder cannot be replaced in one rename; move the old one aside first, drop it after.
+            old = final.parent / f"{TEMP_PREFIX}old-{final.name}-{os.getpid()}"
+            final.rename(old)
+            temp.rename(final)
+            shutil.rmtree(old)
+        else:
+            os.replace(temp, final)
+    finally:
+        shutil.rmtree(temp.parent, ignore_errors=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            _fsync_file(file)
+
+
+@dataclass(frozen=True)
+class StageMarker:
+    stage: str
+    done: bool
+    recipe_hash: str
+    metrics: dict
+    wall_s: float
+
+
+class RunFolder:
+    """Paths and bookkeeping of one run folder. It never decides what to run; the pipeline does."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # ----------------------------------------------------------------------------------- paths
+    @property
+    def recipe_path(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    def adapter_dir(self, role: str) -> Path:
+        return self.root / "adapters" / role
+
+    def marker_path(self, stage: str) -> Path:
+        return self.root / "stages" / f"{stage}.json"
+
+    def checkpoint_dir(self, stage: str) -> Path:
+        return self.root / "checkpoints" / stage
+
+    def samples_path(self, stage: str) -> Path:
+        return self.root / "samples" / f"{stage}.jsonl"
+
+    # --------------------------------------------------------------------------------- markers
+    def marker(self, stage: str) -> StageMarker | None:
+        path = self.marker_path(stage)
+        if not path.is_file():
+            return None
+        data = read_json(path)
+        return StageMarker(stage=stage, done=bool(data.get("done")), recipe_hash=data.get("recipe_hash", ""),
+                           metrics=data.get("metrics", {}), wall_s=float(data.get("wall_s", 0.0)))
+
+    def is_done(self, stage: str, recipe_hash: str) -> bool:
+        marker = self.marker(stage)
+        return marker is not None and marker.done and marker.recipe_hash == recipe_hash
+
+    def mark_done(self, stage: str, recipe_hash: str, metrics: dict, wall_s: float) -> None:
+        write_json(self.marker_path(stage), {"stage": stage, "done": True, "recipe_hash": recipe_hash,
+                                             "metrics": _finite(metrics), "wall_s": round(wall_s, 3),
+                                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    # --------------------------------------------------------------------------------- metrics
+    def log_metrics(self, stage: str, step: int, values: dict[str, float]) -> None:
+        """Append one line to metrics.jsonl and flush it to disk, so a kill loses at most this line."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"stage": stage, "step": step, **_finite(values)}, sort_keys=True)
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read_metrics(self, stage: str | None = None) -> list[dict]:
+        if not self.metrics_path.is_file():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-write
+            if stage is None or row.get("stage") == stage:
+                rows.append(row)
+        return rows
+
+    def write_samples(self, stage: str, rows: list[dict]) -> None:
+        write_text(self.samples_path(stage), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _finite(values: dict) -> dict:
+    """JSON has no NaN or infinity: write them as null rather than producing an unreadable file."""
+    clean = {}
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        elif isinstance(value, dict):
+            value = _finite(value)
+        clean[key] = value
+    return clean

@@ -1,0 +1,107 @@
+"""The offline tiny T5: a Flan-T5-shaped model small enough to learn a toy task on 2 CPU cores.
+
+No model hub is reachable offline, so the quickstart and the tests build their own base: a BPE
+tokenizer trained on a data folder's own text (T5 layout: <pad>=0, </s>=1, <unk>=2, EOS appended to
+every input) and a randomly initialised T5 saved with `save_pretrained`. Everything downstream loads it
+through the very same `from_pretrained` path a user takes with `google/flan-t5-base`.
+
+The sizes come from measurement (shared/FACTS.md): about 1.3M parameters learned the bundled task in
+minutes; 10M and 32M models were still at chance after 10 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from lorahf.errors import LorahfError
+from lorahf.runs import atomic_path
+
+SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2: the T5 layout
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+MARKER_FILE = "lorahf_tiny.json"
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of the tiny T5 (Flan-T5 layout: gated-GELU, untied LM head, relative attention)."""
+
+    vocab_size: int = 512
+    d_model: int = 128
+    d_ff: int = 512
+    num_layers: int = 2
+    num_decoder_layers: int = 2
+    num_heads: int = 4
+    d_kv: int = 32
+    seed: int = 0
+
+
+def make_tiny(data_dir: str | Path, out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
+    """Train the tokenizer on `data_dir`'s text and save a random tiny T5 to `out_dir`, deterministically."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    texts = list(_texts(data_dir))
+    if not texts:
+        raise LorahfError(f"{data_dir}: no text found in {', '.join(DATA_SUFFIXES)} files to train a tokenizer on")
+    tokenizer = train_tokenizer(texts, spec.vocab_size)
+    model = build_model(spec, vocab_size=len(tokenizer))
+    with atomic_path(out_dir) as temp:
+        temp.mkdir()
+        tokenizer.save_pretrained(temp)
+        model.save_pretrained(temp)
+        (temp / MARKER_FILE).write_text(json.dumps({"built_from": str(data_dir), "spec": asdict(spec)},
+                                                   indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A BPE tokenizer with a fixed ASCII alphabet (byte-identical run to run, unlike Unigram)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = list(string.ascii_letters + string.digits + string.punctuation) + ["▁"]
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.normalizer = normalizers.NFKC()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet,
+                                  limit_alphabet=len(alphabet), show_progress=False)
+    backend.train_from_iterator(texts, trainer)
+    # Like Flan-T5's tokenizer: every encoded text ends with </s>.
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                           special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=512)
+
+
+def build_model(spec: TinySpec, vocab_size: int):
+    """A randomly initialised T5 with an untied LM head, as Flan-T5 has."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(vocab_size=vocab_size, d_model=spec.d_model, d_ff=spec.d_ff, d_kv=spec.d_kv,
+                      num_layers=spec.num_layers, num_decoder_layers=spec.num_decoder_layers,
+                      num_heads=spec.num_heads, feed_forward_proj="gated-gelu", dropout_rate=0.1,
+                      tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(spec.seed)
+    model = T5ForConditionalGeneration(config)
+    # transformers 5.x ties T5's head to the embeddings whatever the config says; Flan-T5 is untied.
+    # A fresh untied head gets std d_model^-0.5: T5's default std 1 makes logits so wide that
+    # sampling is nearly greedy.
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(vocab_size, spec.d_model) * spec.d_model ** -0.5)
+    return model
+
+
+def _texts(data_dir: Path):
+    """Every string value (and every string in a list value) of every data file in the folder."""
+    from lorahf.data import load_table
+
+    if not data_dir.is_dir():
+        raise LorahfError(f"{data_dir}: not a folder")
+    for file in sorted(p for p in data_dir.rglob("*") if p.suffix in DATA_SUFFIXES):
+        for row in load_table(str(file)):
+            for value in row.values():
+                values = value if isinstance(value, list) else [value]
+                yield from (v for v in values if isinstance(v, str))

@@ -1,0 +1,103 @@
+"""Loop helpers every training stage shares: steps over epochs, the optimizer, a guarded update.
+
+The stage-specific parts (what a batch is, what the loss is) stay visible in each stage file.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from lorahf.data import batches
+from lorahf.errors import LorahfError
+
+
+def step_plan(rows: int, batch_size: int, epochs: float, max_steps: int | None) -> int:
+    """How many optimizer steps a stage takes: `epochs` passes over `rows`, capped by `max_steps`."""
+    steps = max(1, math.ceil(epochs * math.ceil(rows / batch_size)))
+    return min(steps, max_steps) if max_steps else steps
+
+
+def index_batches(rows: int, batch_size: int, steps: int, seed: int) -> Iterator[tuple[int, list[int]]]:
+    """(step, row indices) for `steps` steps, reshuffled every epoch, deterministically from the seed."""
+    step, epoch = 0, 0
+    while True:
+        for indices in batches(rows, batch_size, seed=seed, epoch=epoch):
+            if step == steps:
+                return
+            step += 1
+            yield step, indices
+        epoch += 1
+
+
+def make_optimizer(parameters: list[torch.nn.Parameter], spec, total_steps: int):
+    """AdamW over the adapter (and head) and the schedule the recipe names, via transformers."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(parameters, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    scheduler = get_scheduler(spec.lr_schedule, optimizer, num_warmup_steps=spec.warmup_steps,
+                              num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
+def update(loss: torch.Tensor, optimizer, scheduler, parameters, max_grad_norm: float | None,
+           stage: str, step: int) -> float:
+    """Backward, clip, step. A NaN or infinite loss or gradient stops the stage before it corrupts the adapter."""
+    if not torch.isfinite(loss):
+        raise LorahfError(f"{stage}: the loss is {loss.item()} at step {step}; the last saved adapter is kept",
+                          hint="lower the learning rate or check the data")
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm or float("inf"))
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise LorahfError(f"{stage}: the gradient norm is {norm.item()} at step {step}; the last saved adapter "
+                          "is kept", hint="lower the learning rate or set max_grad_norm")
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+@dataclass
+class Throughput:
+    """Tokens per second over the steps since the last reading."""
+
+    tokens: int = 0
+    started: float = 0.0
+
+    def add(self, tokens: int) -> None:
+        if not self.started:
+            self.started = time.perf_counter()
+        self.tokens += tokens
+
+    def per_second(self) -> float:
+        elapsed = time.perf_counter() - self.started if self.started else 0.0
+        rate = self.tokens / elapsed if elapsed > 0 else 0.0
+        self.tokens, self.started = 0, time.perf_counter()
+        return rate
+
+
+def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token log-probabilities of `targets` under `logits`, zero where `mask` is 0: [B, R]."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return logprobs * mask
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def load_stage_data(spec, shape: str, seed: int):
+    """A stage's (train, held-out) rows: its files, checked, split from the seed or from eval_files."""
+    from lorahf.data import load_rows, split
+
+    rows = load_rows(spec.files, shape, spec.columns)
+    if spec.max_rows:
+        rows = rows.select(range(min(spec.max_rows, len(rows))))
+    if spec.eval_files:
+        return rows, load_rows(spec.eval_files, shape, spec.columns)
+    return split(rows, spec.eval_fraction, seed)

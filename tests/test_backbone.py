@@ -1,0 +1,216 @@
+"""The shared Backbone: one 8-bit base, adapters per role, exact switching, isolated training, exact save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lorahf.backbone import Backbone
+from lorahf.errors import LorahfError
+from lorahf.recipe import LoraSpec
+
+
+def _randomize(backbone: Backbone, role: str, seed: int) -> None:
+    """Give an adapter (and head) non-zero weights, as training would: a fresh lora_B is all zeros."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in backbone.parameters(role):
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+
+
+def _snapshot(module_params) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone().float() for name, tensor in module_params}
+
+
+def test_8bit_base_has_bitsandbytes_int8_layers_on_cpu(backbone):
+    import bitsandbytes as bnb
+
+    int8_layers = [m for m in backbone.base.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert int8_layers, "8-bit loading produced no Linear8bitLt layers"
+    assert any(p.dtype == torch.int8 for p in backbone.base.parameters())
+    # T5 computes in fp32 on the CPU; its wo layers stay unquantized and fp32 (transformers keeps them so).
+    assert backbone.base.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+
+
+def test_tiny_model_head_is_untied_after_from_pretrained(backbone):
+    assert backbone.base.lm_head.weight.data_ptr() != backbone.base.shared.weight.data_ptr()
+    assert not torch.equal(backbone.base.lm_head.weight.float(), backbone.base.shared.weight.float())
+
+
+def test_a_second_base_in_one_process_is_refused(backbone, tiny_model_dir):
+    with pytest.raises(LorahfError, match="already loaded"):
+        Backbone.load(str(tiny_model_dir))
+
+
+def test_two_adapters_differ_and_switching_back_restores_the_first_exactly(backbone, batch):
+    torch.manual_seed(0)
+    backbone.add_adapter("sft", LoraSpec())
+    backbone.add_adapter("reward", LoraSpec(), head=True)
+    _randomize(backbone, "sft", seed=1)
+    _randomize(backbone, "reward", seed=2)
+    backbone.model.eval()
+    with torch.no_grad():
+        first = backbone.use("sft").response_logits(batch)
+        other = backbone.use("reward").response_logits(batch)
+        again = backbone.use("sft").response_logits(batch)
+        base = backbone.use(None).response_logits(batch)
+    assert not torch.allclose(first, other, atol=1e-3)
+    assert not torch.allclose(first, base, atol=1e-3)
+    assert torch.equal(first, again)
+
+
+def test_training_one_adapter_changes_only_that_adapter(backbone, batch):
+    torch.manual_seed(0)
+    for role in ("sft", "policy"):
+        backbone.add_adapter(role, LoraSpec(dropout=0.0))
+    backbone.add_adapter("reward", LoraSpec(), head=True)
+    base_before = _snapshot(backbone.base.named_parameters())
+    base_before = {k: v for k, v in base_before.items() if "lora_" not in k}
+    others_before = {role: _snapshot(enumerate(backbone.parameters(role))) for role in ("sft", "reward")}
+    policy_before = _snapshot(enumerate(backbone.parameters("policy")))
+
+    backbone.set_trainable("policy")
+    backbone.use("policy").model.train()
+    optimizer = torch.optim.AdamW(backbone.parameters("policy"), lr=1e-2)
+    for _ in range(3):
+        logits = backbone.response_logits(batch)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.response_ids.flatten(),
+                                                 reduction="none")[batch.response_mask.flatten().bool()].mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    policy_after = _snapshot(enumerate(backbone.parameters("policy")))
+    assert any(not torch.equal(policy_before[i], policy_after[i]) for i in policy_before)
+    for role, before in others_before.items():
+        after = _snapshot(enumerate(backbone.parameters(role)))
+        assert all(torch.equal(before[i], after[i]) for i in before), f"{role} changed"
+    base_after = {k: v.detach().float() for k, v in backbone.base.named_parameters() if "lora_" not in k}
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before), "the base changed"
+
+
+def test_two_roles_trained_in_one_step_both_get_gradients(backbone, batch):
+    """peft's set_adapter flips requires_grad; switching roles between forwards must not zero a gradient."""
+    torch.manual_seed(0)
+    backbone.add_adapter("sft", LoraSpec(dropout=0.0))
+    backbone.add_adapter("policy", LoraSpec(dropout=0.0))
+    backbone.add_adapter("value", LoraSpec(dropout=0.0), head=True)
+    _randomize(backbone, "policy", seed=3)
+    _randomize(backbone, "value", seed=4)
+    backbone.set_trainable("policy", "value")
+    policy_loss = backbone.use("policy").response_logits(batch).logsumexp(-1).mean()
+    value_loss = backbone.use("value").token_values(batch).pow(2).mean()
+    backbone.use("sft")  # a switch to a frozen role before backward, as PPO does for reference log-probs
+    (policy_loss + value_loss).backward()
+    for role in ("policy", "value"):
+        grads = [p.grad for p in backbone.parameters(role)]
+        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), role
+    assert all(p.grad is None for p in backbone.parameters("sft"))
+
+
+def test_copy_adapter_is_exact_and_independent(backbone, batch):
+    torch.manual_seed(0)
+    backbone.add_adapter("reward", LoraSpec(), head=True)
+    _randomize(backbone, "reward", seed=5)
+    backbone.copy_adapter("reward", "value")
+    backbone.model.eval()
+    with torch.no_grad():
+        reward = backbone.use("reward").sequence_scores(batch)
+        value = backbone.use("value").sequence_scores(batch)
+    assert torch.equal(reward, value)
+    with torch.no_grad():
+        backbone.head("value").linear.bias.add_(1.0)
+        assert torch.equal(backbone.use("reward").sequence_scores(batch), reward)
+
+
+def test_save_then_load_adapter_and_head_is_bit_exact(backbone, batch, tiny_model_dir, tmp_path):
+    torch.manual_seed(0)
+    backbone.add_adapter("reward", LoraSpec(), head=True)
+    _randomize(backbone, "reward", seed=6)
+    with torch.no_grad():
+        backbone.head("reward").offset.fill_(0.25)
+    before = [p.detach().clone() for p in backbone.parameters("reward")]
+    backbone.model.eval()
+    with torch.no_grad():
+        scores = backbone.use("reward").sequence_scores(batch)
+    backbone.save_adapter("reward", tmp_path / "reward")
+    assert (tmp_path / "reward" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "reward" / "head.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    backbone.close()
+
+    fresh = Backbone.load(str(tiny_model_dir), quantization="8bit")
+    try:
+        fresh.load_adapter("reward", tmp_path / "reward")
+        after = fresh.parameters("reward")
+        assert len(before) == len(after)
+        assert all(torch.equal(a, b) for a, b in zip(before, after))
+        assert fresh.head("reward").offset.item() == 0.25
+        fresh.model.eval()
+        with torch.no_grad():
+            assert torch.equal(fresh.use("reward").sequence_scores(batch), scores)
+    finally:
+        fresh.close()
+
+
+def test_saved_adapter_loads_with_plain_peft(backbone, batch, tiny_model_dir, tmp_path):
+    """A run's adapter is deployable without lorahf: PeftModel.from_pretrained on the base."""
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    torch.manual_seed(0)
+    backbone.add_adapter("sft", LoraSpec())
+    _randomize(backbone, "sft", seed=7)
+    backbone.save_adapter("sft", tmp_path / "sft")
+    backbone.model.eval()
+    with torch.no_grad():
+        ours = backbone.use("sft").response_logits(batch)
+    backbone.close()
+
+    base = AutoModelForSeq2SeqLM.from_pretrained(str(tiny_model_dir), quantization_config=None)
+    plain = PeftModel.from_pretrained(base, str(tmp_path / "sft")).eval()
+    start = torch.zeros_like(batch.response_ids[:, :1])
+    with torch.no_grad():
+        theirs = plain(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       decoder_input_ids=torch.cat([start, batch.response_ids[:, :-1]], 1)).logits
+    mask = batch.response_mask.bool()
+    # ours ran on the int8 base, theirs on fp32 weights: close, not equal.
+    assert torch.allclose(ours[mask].softmax(-1), theirs[mask].softmax(-1), atol=0.05)
+    assert (ours[mask].argmax(-1) == theirs[mask].argmax(-1)).float().mean() > 0.9
+
+
+def test_memory_report_counts_int8_base_and_each_role(backbone):
+    torch.manual_seed(0)
+    backbone.add_adapter("sft", LoraSpec())
+    backbone.copy_adapter("sft", "policy")
+    backbone.add_adapter("reward", LoraSpec(), head=True)
+    backbone.copy_adapter("reward", "value")
+    report = backbone.memory_report()
+    lora_params = sum(p.numel() for p in backbone.parameters("sft"))
+    assert set(report.adapter_bytes) == {"sft", "policy", "reward", "value"}
+    assert report.adapter_bytes["sft"] == lora_params * 4  # fp32 LoRA weights
+    assert set(report.head_bytes) == {"reward", "value"}
+    fp32_base = sum(p.numel() * 4 for n, p in backbone.base.named_parameters() if "lora_" not in n)
+    assert report.base_bytes < fp32_base  # int8 weights are stored in one byte
+    assert report.separate_models_bytes == 4 * report.base_bytes + sum(report.head_bytes.values())
+    assert report.ratio < 1.0
+
+
+def test_generate_returns_lengths_and_pads_after_eos(backbone, batch):
+    torch.manual_seed(0)
+    backbone.add_adapter("sft", LoraSpec())
+    responses, lengths = backbone.use("sft").generate(batch, max_new_tokens=6)
+    assert responses.shape[0] == lengths.shape[0] == batch.input_ids.shape[0]
+    eos = backbone.tokenizer.eos_token_id
+    for row, length in zip(responses, lengths):
+        assert 1 <= length <= 6
+        assert (row[length:] == backbone.tokenizer.pad_token_id).all()
+        if length < 6 or row[length - 1] == eos:
+            assert row[length - 1] == eos
+            assert not (row[: length - 1] == eos).any()
+
+
+def test_not_a_model_folder_is_one_clear_line(tmp_path):
+    with pytest.raises(LorahfError, match="not a model folder") as error:
+        Backbone.load(str(tmp_path))
+    assert "\n" not in str(error.value)
