@@ -172,13 +172,19 @@ class Backbone:
             self.heads[role] = ScalarHead(self.d_model).to(self.device)
         self._refresh()
 
+    def add_head(self, role: str) -> None:
+        """A fresh scalar head for an existing adapter (e.g. a reward model copied from sft)."""
+        self._require(role)
+        self.heads[role] = ScalarHead(self.d_model).to(self.device)
+        self._refresh()
+
     def copy_adapter(self, source: str, target: str) -> None:
         """`target` becomes an exact copy of `source` (adapter weights and head), e.g. policy from sft."""
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
         self._require(source)
         if self.has_adapter(target):
-            self.peft.delete_adapter(target)
+            self._delete(target)
         self.peft.add_adapter(target, copy.deepcopy(self.peft.peft_config[source]))
         set_peft_model_state_dict(self.peft, get_peft_model_state_dict(self.peft, adapter_name=source),
                                   adapter_name=target)
@@ -230,6 +236,16 @@ class Backbone:
         for role, head in self.heads.items():
             head.requires_grad_(role in self._trainable)
 
+    def _delete(self, role: str) -> None:
+        """Remove an adapter; if it was the active one, run as the bare base until told otherwise."""
+        others = [r for r in self.roles if r != role]
+        if self.active == role and others:
+            self.peft.set_adapter(others[0])  # peft needs some adapter active while one is deleted
+            self.use(None)
+        self.peft.delete_adapter(role)
+        if role in self.heads:
+            del self.heads[role]
+
     def _require(self, role: str) -> None:
         if not self.has_adapter(role):
             raise LorahfError(f"no adapter named '{role}' (have: {', '.join(self.roles) or 'none'})")
@@ -267,9 +283,7 @@ class Backbone:
         if not (folder / ADAPTER_CONFIG).is_file():
             raise LorahfError(f"{folder}: not an adapter folder (no {ADAPTER_CONFIG})")
         if self.has_adapter(role):
-            if self.active == role:
-                self.use(None)
-            self.peft.delete_adapter(role)
+            self._delete(role)
         if self.peft is None:
             self.peft = PeftModel.from_pretrained(self.base, str(folder), adapter_name=role, is_trainable=True)
         else:

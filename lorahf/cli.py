@@ -91,7 +91,7 @@ def validate(recipe: str, overrides: tuple[str, ...], no_data: bool) -> None:
     loaded = recipes.load(recipe, list(overrides))
     table = Table(title=f"{recipe}: valid", show_header=True, header_style="bold")
     for column in ("stage", "what runs", "data"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # wrap long file paths instead of cutting them with "…"
     for row in describe(loaded, read_data=not no_data):
         table.add_row(*row)
     console.print(table)

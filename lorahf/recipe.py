@@ -124,6 +124,12 @@ class RewardStage(OptimizerSpec):
     """Stop after this many optimizer steps, whatever `epochs` says."""
     eval_every: int = Field(100, ge=1)
     """Held-out accuracy every N steps; the best adapter by it is the one kept."""
+    margin: float = Field(0.0, ge=0)
+    """Pairwise loss margin: the chosen response must win by at least this much (0: plain Bradley-Terry)."""
+    init_from: Literal["sft", "random"] = "sft"
+    """Start the reward adapter as a copy of sft (the standard choice: it already reads the task) or fresh."""
+    min_accuracy: float = Field(0.6, ge=0, le=1)
+    """Quality gate: PPO refuses to start when held-out accuracy is below this (unless ppo.allow_weak_reward)."""
 
 
 class JudgeSpec(Section):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import string
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +44,9 @@ class TinySpec:
 def make_tiny(data_dir: str | Path, out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
     """Train the tokenizer on `data_dir`'s text and save a random tiny T5 to `out_dir`, deterministically."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if out_dir.exists() and not (out_dir / MARKER_FILE).is_file() and any(out_dir.iterdir()):
+        # The new model replaces out_dir whole: never swallow a folder that is not an earlier tiny T5.
+        raise LorahfError(f"{out_dir}: exists and is not a tiny T5 built by lorahf; give a new or empty folder")
     texts = list(_texts(data_dir))
     if not texts:
         raise LorahfError(f"{data_dir}: no text found in {', '.join(DATA_SUFFIXES)} files to train a tokenizer on")
@@ -51,7 +55,8 @@ def make_tiny(data_dir: str | Path, out_dir: str | Path, spec: TinySpec = TinySp
     with atomic_path(out_dir) as temp:
         temp.mkdir()
         tokenizer.save_pretrained(temp)
-        model.save_pretrained(temp)
+        with _no_progress_bars():  # the library never prints; save_pretrained would draw a tqdm bar
+            model.save_pretrained(temp)
         (temp / MARKER_FILE).write_text(json.dumps({"built_from": str(data_dir), "spec": asdict(spec)},
                                                    indent=2, sort_keys=True) + "\n")
     return out_dir
@@ -92,6 +97,19 @@ def build_model(spec: TinySpec, vocab_size: int):
     # sampling is nearly greedy.
     model.lm_head.weight = torch.nn.Parameter(torch.randn(vocab_size, spec.d_model) * spec.d_model ** -0.5)
     return model
+
+
+@contextmanager
+def _no_progress_bars():
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _texts(data_dir: Path):

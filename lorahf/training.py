@@ -101,3 +101,13 @@ def load_stage_data(spec, shape: str, seed: int):
     if spec.eval_files:
         return rows, load_rows(spec.eval_files, shape, spec.columns)
     return split(rows, spec.eval_fraction, seed)
+
+
+def ensure_adapter(backbone, folder, role: str, needed_by: str) -> None:
+    """Load a finished stage's adapter from the run folder when this process has not trained it."""
+    if backbone.has_adapter(role):
+        return
+    if not folder.adapter_dir(role).is_dir():
+        raise LorahfError(f"the {needed_by} stage starts from the '{role}' adapter, but {folder.adapter_dir(role)} "
+                          "does not exist", hint=f"run the {role} stage first")
+    backbone.load_adapter(role, folder.adapter_dir(role))

@@ -1,0 +1,245 @@
+"""Reward model: the `reward` adapter plus a scalar head, trained on preferences.
+
+The encoder reads the prompt, the decoder reads the response, and the score is the head at the
+response's last (EOS) position. The loss follows the data's shape:
+
+    pairwise (prompt, chosen, rejected)    -log sigmoid(r_chosen - r_rejected - margin)
+    ranking  (prompt, responses, ranking)  the same over all K(K-1)/2 pairs of a prompt, in one batch,
+                                           each prompt weighted equally (InstructGPT)
+    score    (prompt, response, score)     mean squared error on standardised scores
+
+    1. load preferences (held-out split), group each prompt's responses and their ordered pairs
+    2. the `reward` adapter starts as a copy of `sft` (the standard choice) with a fresh head
+    3. loop; every `eval_every` steps the held-out accuracy; the best adapter is saved
+    4. centre: set the head's offset so that the SFT data's own responses score 0 on average
+    5. the quality gate: held-out accuracy against `min_accuracy`
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lorahf.data import collate, encode_prompts, encode_responses, preference_format
+from lorahf.training import ensure_adapter, index_batches, load_stage_data, make_optimizer, step_plan, update
+
+ROLE = "reward"
+LOG_EVERY = 10
+CENTRING_ROWS = 512  # SFT responses scored to centre the reward
+SCORE_BATCH = 64
+
+
+@dataclass
+class Groups:
+    """Each prompt's responses, tokenized, and what is known about their order.
+
+    pairs[g]: (better, worse) indices into responses[g]; targets[g]: standardised scores (score data)."""
+
+    prompts: list[list[int]]
+    responses: list[list[list[int]]]
+    pairs: list[list[tuple[int, int]]]
+    targets: list[list[float]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def run(recipe, backbone, folder, progress) -> dict:
+    spec = recipe.reward
+
+    # 1. Data
+    train_rows, eval_rows = load_stage_data(spec.data, "preference", recipe.seed)
+    data_format = preference_format(train_rows)
+    scale = _score_scale(train_rows) if data_format == "score" else None
+    train = to_groups(train_rows, data_format, backbone.tokenizer, recipe, scale)
+    held_out = to_groups(eval_rows, data_format, backbone.tokenizer, recipe, scale)
+    progress.note(f"reward data ({data_format}): {len(train)} train, {len(held_out)} held-out prompts")
+
+    # 2. Adapter: a copy of sft when there is one, and a fresh head
+    torch.manual_seed(recipe.seed)
+    if spec.init_from == "sft":
+        ensure_adapter(backbone, folder, "sft", needed_by="reward")
+        backbone.copy_adapter("sft", ROLE)
+        backbone.add_head(ROLE)
+    else:
+        backbone.add_adapter(ROLE, recipe.lora.reward, head=True)
+    backbone.set_trainable(ROLE)
+    backbone.use(ROLE)
+    parameters = backbone.parameters(ROLE)
+    steps = step_plan(len(train), spec.batch_size, spec.epochs, spec.max_steps)
+    optimizer, scheduler = make_optimizer(parameters, spec, steps)
+
+    # 3. Loop
+    best = evaluate(backbone, held_out, spec.batch_size)
+    best["step"] = 0
+    backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
+    losses: list[float] = []
+    with progress.task("reward", total=steps) as bar:
+        for step, indices in index_batches(len(train), spec.batch_size, steps, recipe.seed):
+            backbone.model.train()
+            scores = score_responses(backbone, train, indices)
+            loss = group_loss(scores, [train.pairs[i] for i in indices], spec.margin,
+                              [train.targets[i] for i in indices] if train.targets else None)
+            update(loss, optimizer, scheduler, parameters, spec.max_grad_norm, "reward", step)
+            losses.append(loss.item())
+            if step % LOG_EVERY == 0 or step == steps:
+                folder.log_metrics("reward", step, {"loss": sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]),
+                                                    "lr": scheduler.get_last_lr()[0]})
+            if step % spec.eval_every == 0 or step == steps:
+                evaluation = evaluate(backbone, held_out, spec.batch_size)
+                folder.log_metrics("reward", step, {f"eval_{k}": v for k, v in evaluation.items()})
+                if evaluation["accuracy"] > best["accuracy"]:
+                    best = {**evaluation, "step": step}
+                    backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
+            bar.advance(loss=losses[-1], best_accuracy=best["accuracy"])
+
+    # 4. Centre the best adapter on the SFT data's own responses
+    backbone.load_adapter(ROLE, folder.adapter_dir(ROLE))
+    backbone.set_trainable()
+    backbone.use(ROLE)
+    offset = centre(backbone, sft_responses(recipe, backbone.tokenizer, train))
+    backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
+
+    # 5. The gate
+    gate = "pass" if best["accuracy"] >= spec.min_accuracy else "fail"
+    progress.note(f"reward: held-out accuracy {best['accuracy']:.3f} on {best['pairs']} pairs "
+                  f"(gate {gate} at {spec.min_accuracy}); scores centred by {offset:+.3f}")
+    metrics = {"format": data_format, "eval_accuracy": best["accuracy"], "eval_pairs": best["pairs"],
+               "eval_margin": best["margin"], "best_step": best["step"], "gate": gate,
+               "min_accuracy": spec.min_accuracy, "offset": offset, "steps": steps,
+               "train_loss_first": losses[0], "train_loss_last": losses[-1]}
+    metrics.update({k: best[k] for k in ("pearson", "spearman") if k in best})
+    return metrics
+
+
+# ------------------------------------------------------------------------------------- the losses
+def pairwise_loss(better: torch.Tensor, worse: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Per pair: -log sigmoid(r_better - r_worse - margin) (Bradley-Terry, with an optional margin)."""
+    return -F.logsigmoid(better - worse - margin)
+
+
+def ranking_pairs(ranking: list[int]) -> list[tuple[int, int]]:
+    """Every (better, worse) pair of a ranking (1 = best); equal ranks give no pair."""
+    return [(i, j) if ranking[i] < ranking[j] else (j, i)
+            for i, j in itertools.combinations(range(len(ranking)), 2) if ranking[i] != ranking[j]]
+
+
+def group_loss(scores: list[torch.Tensor], pairs: list[list[tuple[int, int]]], margin: float,
+               targets: list[list[float]] | None = None) -> torch.Tensor:
+    """The batch loss: each group (prompt) weighs the same, whatever its number of pairs."""
+    if targets is not None:
+        predicted = torch.cat(scores)
+        return F.mse_loss(predicted, torch.tensor([t for ts in targets for t in ts], device=predicted.device))
+    per_group = []
+    for group_scores, group_pairs in zip(scores, pairs):
+        better = group_scores[[b for b, _ in group_pairs]]
+        worse = group_scores[[w for _, w in group_pairs]]
+        per_group.append(pairwise_loss(better, worse, margin).mean())
+    return torch.stack(per_group).mean()
+
+
+# ------------------------------------------------------------------------------------------ data
+def to_groups(rows, data_format: str, tokenizer, recipe, scale: tuple[float, float] | None) -> Groups:
+    """Preference rows of any format as groups of one prompt's responses."""
+    if data_format == "pairwise":
+        responses = [[c, r] for c, r in zip(rows["chosen"], rows["rejected"])]
+        pairs = [[(0, 1)] for _ in responses]
+        targets = None
+    elif data_format == "ranking":
+        responses = [list(r) for r in rows["responses"]]
+        pairs = [ranking_pairs(list(ranks)) for ranks in rows["ranking"]]
+        targets = None
+    else:
+        mean, std = scale
+        responses = [[r] for r in rows["response"]]
+        pairs = [[] for _ in responses]
+        targets = [[(s - mean) / std] for s in rows["score"]]
+    prompt_ids, _ = encode_prompts(tokenizer, rows["prompt"], recipe.max_prompt_tokens, recipe.prompt_template)
+    flat, _ = encode_responses(tokenizer, [r for group in responses for r in group], recipe.max_response_tokens)
+    grouped, start = [], 0
+    for group in responses:
+        grouped.append(flat[start:start + len(group)])
+        start += len(group)
+    return Groups(prompt_ids, grouped, pairs, targets)
+
+
+def _score_scale(rows) -> tuple[float, float]:
+    scores = list(rows["score"])
+    mean = sum(scores) / len(scores)
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(len(scores) - 1, 1)) or 1.0
+    return mean, std
+
+
+def score_responses(backbone, groups: Groups, indices: list[int]) -> list[torch.Tensor]:
+    """Scores of every response of the chosen groups, in one forward pass, split back per group."""
+    prompts = [groups.prompts[i] for i in indices for _ in groups.responses[i]]
+    responses = [r for i in indices for r in groups.responses[i]]
+    batch = collate(prompts, responses, backbone.tokenizer.pad_token_id).to(backbone.device)
+    scores = backbone.sequence_scores(batch)
+    return list(torch.split(scores, [len(groups.responses[i]) for i in indices]))
+
+
+@torch.no_grad()
+def evaluate(backbone, groups: Groups, batch_size: int) -> dict:
+    """Held-out pairwise accuracy (ties count half) and mean margin; Pearson/Spearman for score data."""
+    backbone.model.eval()
+    scores = []
+    for start in range(0, len(groups), batch_size):
+        scores += score_responses(backbone, groups, list(range(start, min(start + batch_size, len(groups)))))
+    if groups.targets is not None:
+        return _regression_metrics(torch.cat(scores).cpu(), torch.tensor([t for ts in groups.targets for t in ts]))
+    margins = torch.cat([s[[b for b, _ in p]] - s[[w for _, w in p]] for s, p in zip(scores, groups.pairs) if p])
+    accuracy = ((margins > 0).float() + 0.5 * (margins == 0).float()).mean().item()
+    return {"accuracy": accuracy, "margin": margins.mean().item(), "pairs": int(margins.numel())}
+
+
+def _regression_metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict:
+    """Correlations, and the accuracy of ordering every held-out pair with different true scores."""
+    def pearson(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        return (a @ b / (a.norm() * b.norm()).clamp(min=1e-12)).item()
+
+    ranks = lambda values: values.argsort().argsort().float()  # noqa: E731
+    i, j = torch.triu_indices(len(target), len(target), offset=1)
+    differs = target[i] != target[j]
+    agree = torch.sign(predicted[i] - predicted[j]) == torch.sign(target[i] - target[j])
+    ties = predicted[i] == predicted[j]
+    accuracy = ((agree.float() + 0.5 * ties.float())[differs]).mean().item()
+    return {"accuracy": accuracy, "margin": float("nan"), "pairs": int(differs.sum()),
+            "pearson": pearson(predicted, target), "spearman": pearson(ranks(predicted), ranks(target))}
+
+
+# ------------------------------------------------------------------------------------ centring
+def sft_responses(recipe, tokenizer, train: Groups) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, response ids) of the SFT data's own responses; the preference data's if no SFT."""
+    if recipe.sft is not None:
+        from lorahf.data import encode_pairs, load_rows
+
+        rows = load_rows(recipe.sft.data.files, "sft", recipe.sft.data.columns)
+        rows = rows.select(range(min(CENTRING_ROWS, len(rows))))
+        prompts, responses, _ = encode_pairs(tokenizer, rows["prompt"], rows["response"],
+                                             recipe.max_prompt_tokens, recipe.max_response_tokens,
+                                             recipe.prompt_template)
+        return prompts, responses
+    pairs = [(p, r) for p, group in zip(train.prompts, train.responses) for r in group][:CENTRING_ROWS]
+    return [p for p, _ in pairs], [r for _, r in pairs]
+
+
+@torch.no_grad()
+def centre(backbone, data: tuple[list[list[int]], list[list[int]]]) -> float:
+    """Set the head's offset so that these responses score 0 on average; return the offset."""
+    prompts, responses = data
+    head = backbone.head(ROLE)
+    head.offset.zero_()
+    backbone.model.eval()
+    total = 0.0
+    for start in range(0, len(prompts), SCORE_BATCH):
+        batch = collate(prompts[start:start + SCORE_BATCH], responses[start:start + SCORE_BATCH],
+                        backbone.tokenizer.pad_token_id).to(backbone.device)
+        total += backbone.sequence_scores(batch).sum().item()
+    head.offset.fill_(total / len(prompts))
+    return head.offset.item()

@@ -1,0 +1,110 @@
+"""The offline tiny T5 loads through plain `from_pretrained`, shaped like Flan-T5, and is built deterministically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorahf.errors import LorahfError
+from lorahf.tiny import MARKER_FILE, make_tiny
+
+EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "summaries" / "data"
+
+
+def test_building_twice_gives_identical_files(tmp_path, tiny_model_dir):
+    again = make_tiny(EXAMPLE_DATA, tmp_path / "again")
+    for name in ("tokenizer.json", "model.safetensors", "config.json"):
+        assert (again / name).read_bytes() == (tiny_model_dir / name).read_bytes(), name
+
+
+def test_another_seed_gives_other_weights(tmp_path, tiny_model_dir):
+    from lorahf.tiny import TinySpec
+
+    other = make_tiny(EXAMPLE_DATA, tmp_path / "seed1", TinySpec(seed=1))
+    assert (other / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
+    assert (other / "model.safetensors").read_bytes() != (tiny_model_dir / "model.safetensors").read_bytes()
+
+
+def test_tokenizer_has_the_t5_layout_and_appends_eos(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2]) == ["<pad>", "</s>", "<unk>"]
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    texts = ["Rangers beat Foxes 3-1 in Dundee.", "a", "The attendance was 16400."]
+    for ids in tokenizer(texts).input_ids:
+        assert ids[-1] == 1 and ids.count(1) == 1
+        assert 0 not in ids and 2 not in ids  # no padding inside, no unknown pieces for the task's own text
+
+
+def test_decoding_round_trips_the_example_text(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [json.loads(line) for line in (EXAMPLE_DATA / "sft.jsonl").read_text().splitlines()[:50]]
+    for row in rows:
+        for text in (row["summary"], row["document"]):
+            ids = tokenizer(text).input_ids
+            assert tokenizer.decode(ids, skip_special_tokens=True) == text
+            assert tokenizer.decode(ids).endswith("</s>")
+
+
+def test_model_loads_with_an_untied_head(tiny_model_dir):
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_model_dir)
+    head, embeddings = model.lm_head.weight, model.shared.weight
+    assert head is not embeddings
+    assert head.data_ptr() != embeddings.data_ptr()
+    assert head.shape == embeddings.shape
+    assert not torch.equal(head, embeddings)
+    # The head's init is std d_model^-0.5 (not T5's std 1), so that sampling is not nearly greedy.
+    assert abs(head.std().item() - model.config.d_model ** -0.5) < 0.02
+    # Like Flan-T5 (T5 v1.1): no d_model^-0.5 scaling of the decoder output before the untied head.
+    assert model.config.scale_decoder_outputs is False
+
+
+def test_config_is_flan_t5_shaped(tiny_model_dir):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    assert config.model_type == "t5" and config.is_encoder_decoder
+    assert config.feed_forward_proj == "gated-gelu" and config.is_gated_act
+    assert (config.pad_token_id, config.eos_token_id, config.decoder_start_token_id) == (0, 1, 0)
+    assert (config.d_model, config.d_ff, config.num_layers, config.num_decoder_layers) == (128, 512, 2, 2)
+    tokenizer_vocab = json.loads((tiny_model_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    assert config.vocab_size == len(tokenizer_vocab)
+    assert json.loads((tiny_model_dir / MARKER_FILE).read_text())["spec"]["seed"] == 0
+
+
+def test_a_folder_without_data_files_is_one_line_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a data file\n")
+    with pytest.raises(LorahfError) as error:
+        make_tiny(tmp_path, tmp_path / "out")
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(tmp_path) in message and "no text found" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_data_folder_is_one_line_error(tmp_path):
+    with pytest.raises(LorahfError, match="not a folder") as error:
+        make_tiny(tmp_path / "nowhere", tmp_path / "out")
+    assert "\n" not in str(error.value)
+
+
+def test_rebuilding_replaces_a_tiny_model_but_never_a_foreign_folder(tmp_path, tiny_model_dir):
+    out = make_tiny(EXAMPLE_DATA, tmp_path / "model")
+    (out / "stale.txt").write_text("from an older build")
+    make_tiny(EXAMPLE_DATA, out)  # an earlier tiny T5 is replaced whole
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    with pytest.raises(LorahfError, match="not a tiny T5"):
+        make_tiny(EXAMPLE_DATA, foreign)
+    assert (foreign / "precious.txt").read_text() == "keep me"
