@@ -118,22 +118,22 @@ def make_tiny(data_dir: str, out_dir: str, seed: int, vocab_size: int) -> None:
 
 
 def _summary_table(result) -> Table:
-    table = Table(title="lorahf run", header_style="bold")
-    table.add_column("stage")
-    table.add_column("status")
-    table.add_column("metrics")
-    for name, metrics in result.metrics.items():
-        status = "skipped (done)" if name in result.skipped else "ran"
-        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
-                          if not isinstance(v, (dict, list)))
-        table.add_row(name, status, shown)
-    if result.memory:
-        from lorahf.backbone import describe_bytes
+    from lorahf.backbone import describe_bytes
+    from lorahf.report import checks
 
-        memory = result.memory
+    table = Table(title=f"lorahf run: {result.folder.root}", header_style="bold")
+    for column in ("stage", "", "check", "evidence"):
+        table.add_column(column)
+    for check in checks(result.metrics):
+        mark = "-" if check.passed is None else "[green]✓[/green]" if check.passed else "[red]✗[/red]"
+        status = " (done before)" if check.stage in result.skipped else ""
+        table.add_row(check.stage + status, mark, check.claim, check.evidence)
+    memory = result.memory
+    if memory and len(memory["adapter_bytes"]) > 1:
         roles = ", ".join(f"{r} {describe_bytes(b)}" for r, b in memory["adapter_bytes"].items())
-        table.add_row("memory", "", f"base {describe_bytes(memory['base_bytes'])}; adapters: {roles}; "
-                                    f"{memory['ratio']:.2f}x of separate models")
+        table.add_row("memory", "-", f"one base + {len(memory['adapter_bytes'])} adapters",
+                      f"base {describe_bytes(memory['base_bytes'])}, {roles}: {memory['ratio']:.2f}x the "
+                      "memory of separate models")
     return table
 
 

@@ -53,6 +53,7 @@ def run(recipe, backbone, folder, progress) -> dict:
     backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
     losses: list[float] = []
     throughput = Throughput()
+    tokens_per_s = 0.0
     with progress.task("sft", total=steps) as bar:
         for step, indices in index_batches(len(train_rows), spec.batch_size, steps, recipe.seed):
             batch = collate([train[0][i] for i in indices], [train[1][i] for i in indices],
@@ -63,9 +64,9 @@ def run(recipe, backbone, folder, progress) -> dict:
             losses.append(loss.item())
             throughput.add(int(batch.attention_mask.sum() + batch.response_mask.sum()))
             if step % LOG_EVERY == 0 or step == steps:
+                tokens_per_s = throughput.per_second()
                 folder.log_metrics("sft", step, {"loss": _mean(losses[-LOG_EVERY:]),
-                                                 "lr": scheduler.get_last_lr()[0],
-                                                 "tokens_per_s": throughput.per_second()})
+                                                 "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s})
             if step % spec.eval_every == 0 or step == steps:
                 evaluation = evaluate(backbone, held_out, eval_rows, spec, recipe)
                 folder.log_metrics("sft", step, {"eval_loss": evaluation["eval_loss"],
@@ -74,7 +75,7 @@ def run(recipe, backbone, folder, progress) -> dict:
                     best = evaluation["eval_loss"]
                     backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
                 folder.write_samples("sft", evaluation["samples"])
-            bar.advance(loss=losses[-1], best_eval=best)
+            bar.advance(loss=losses[-1], best_eval=best, tok_s=round(tokens_per_s))
 
     # 4. The best adapter, judged
     backbone.load_adapter(ROLE, folder.adapter_dir(ROLE))

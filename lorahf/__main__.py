@@ -1,0 +1,3 @@
+from lorahf.cli import main
+
+main()
