@@ -26,9 +26,11 @@ class RecipeError(LorahfError):
     def __init__(self, source: str, problems: list[str], hint: str | None = None):
         self.source = source
         self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
-        noun = "problem" if len(problems) == 1 else "problems"
-        super().__init__(f"{source}: {len(problems)} {noun}\n{lines}", hint)
+        if len(problems) == 1:
+            message = f"{source}: {problems[0]}"
+        else:
+            message = f"{source}: {len(problems)} problems\n" + "\n".join(f"  {p}" for p in problems)
+        super().__init__(message, hint)
 
 
 class DataError(LorahfError):

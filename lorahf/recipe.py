@@ -300,7 +300,8 @@ def _did_you_mean(typo: str, known: list[str]) -> str | None:
 
 
 def _with_line(key: str, message: str, lines: dict[str, int], overridden: set[str]) -> str:
-    if key in overridden or any(key.startswith(o + ".") for o in overridden):
+    # A problem belongs to --set when it is at, under or above an overridden key (a typo in a section name).
+    if key in overridden or any(key.startswith(o + ".") or o.startswith(key + ".") for o in overridden):
         return f"--set {key}: {message}"
     line = lines.get(key) or lines.get(key.rsplit(".", 1)[0]) if key else None
     return f"{'line ' + str(line) + ': ' if line else ''}{key or '(top level)'}: {message}"
