@@ -97,9 +97,9 @@ def describe(recipe: recipes.Recipe, read_data: bool = True) -> list[tuple[str, 
     """One row per part of the run (stage, what runs, data), checking each stage's data on the way."""
     from lorahf import data
 
-    base = recipe.model.name + ("" if Path(recipe.model.name).exists() or not recipe.model.make_tiny_from
-                                else f" (built from {recipe.model.make_tiny_from})")
-    rows = [("model", f"{base}, {recipe.model.quantization}", "")]
+    built = "" if Path(recipe.model.name).exists() or not recipe.model.make_tiny_from else \
+        f" (built on the first run from {recipe.model.make_tiny_from})"
+    rows = [("model", f"{recipe.model.name}, {recipe.model.quantization}{built}", "")]
     folder = RunFolder(recipe.run_dir)
     for name in recipe.stages:
         section = getattr(recipe, name)

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from lorahf.data import batches
@@ -22,16 +23,37 @@ def step_plan(rows: int, batch_size: int, epochs: float, max_steps: int | None) 
     return min(steps, max_steps) if max_steps else steps
 
 
-def index_batches(rows: int, batch_size: int, steps: int, seed: int) -> Iterator[tuple[int, list[int]]]:
-    """(step, row indices) for `steps` steps, reshuffled every epoch, deterministically from the seed."""
+def index_batches(rows: int, batch_size: int, steps: int, seed: int,
+                  lengths: list[int] | None = None) -> Iterator[tuple[int, list[int]]]:
+    """(step, row indices) for `steps` steps, reshuffled every epoch, deterministically from the seed.
+
+    With `lengths`, rows of similar length share a batch (less padding, same rows per epoch): each epoch's
+    shuffled order is cut into windows of BUCKET_BATCHES batches, each window is sorted by length and cut
+    into batches, and the batches are shuffled again."""
     step, epoch = 0, 0
     while True:
-        for indices in batches(rows, batch_size, seed=seed, epoch=epoch):
+        for indices in _epoch_batches(rows, batch_size, seed, epoch, lengths):
             if step == steps:
                 return
             step += 1
             yield step, indices
         epoch += 1
+
+
+BUCKET_BATCHES = 32  # batches per length-sorting window: big enough to pad little, small enough to stay random
+
+
+def _epoch_batches(rows: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None) -> list[list[int]]:
+    shuffled = [i for batch in batches(rows, batch_size, seed=seed, epoch=epoch) for i in batch]
+    if lengths is None:
+        return [shuffled[i:i + batch_size] for i in range(0, rows, batch_size)]
+    window = batch_size * BUCKET_BATCHES
+    grouped: list[list[int]] = []
+    for start in range(0, rows, window):
+        chunk = sorted(shuffled[start:start + window], key=lambda i: lengths[i])
+        grouped += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    order = np.random.default_rng([seed, epoch, 1]).permutation(len(grouped))
+    return [grouped[i] for i in order]
 
 
 def make_optimizer(parameters: list[torch.nn.Parameter], spec, total_steps: int):

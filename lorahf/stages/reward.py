@@ -79,7 +79,8 @@ def run(recipe, backbone, folder, progress) -> dict:
     backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
     losses: list[float] = []
     with progress.task("reward", total=steps) as bar:
-        for step, indices in index_batches(len(train), spec.batch_size, steps, recipe.seed):
+        lengths = [len(p) + 2 * max(map(len, rs)) for p, rs in zip(train.prompts, train.responses)]
+        for step, indices in index_batches(len(train), spec.batch_size, steps, recipe.seed, lengths):
             backbone.model.train()
             scores = score_responses(backbone, train, indices)
             loss = group_loss(scores, [train.pairs[i] for i in indices], spec.margin,

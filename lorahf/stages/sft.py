@@ -55,7 +55,8 @@ def run(recipe, backbone, folder, progress) -> dict:
     throughput = Throughput()
     tokens_per_s = 0.0
     with progress.task("sft", total=steps) as bar:
-        for step, indices in index_batches(len(train_rows), spec.batch_size, steps, recipe.seed):
+        lengths = [len(p) + 2 * len(r) for p, r in zip(train[0], train[1])]  # the decoder costs about twice
+        for step, indices in index_batches(len(train_rows), spec.batch_size, steps, recipe.seed, lengths):
             batch = collate([train[0][i] for i in indices], [train[1][i] for i in indices],
                             tokenizer.pad_token_id).to(backbone.device)
             backbone.model.train()
