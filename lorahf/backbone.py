@@ -39,14 +39,18 @@ class ScalarHead(nn.Module):
     """One number per decoder position: a sequence score (reward) or a per-token value.
 
     `offset` is not trained: the reward stage sets it so that the SFT data's own responses score 0 on
-    average, which keeps PPO's rewards centred."""
+    average, which keeps PPO's rewards centred. With `likelihood` on, a sequence score also adds the
+    response's mean token log-likelihood under the role's own LM head, times a learned weight (see
+    `reward.likelihood_term`); per-token values never use it."""
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, likelihood: bool = False):
         super().__init__()
         self.linear = nn.Linear(d_model, 1)
         nn.init.normal_(self.linear.weight, std=d_model ** -0.5)
         nn.init.zeros_(self.linear.bias)
+        self.likelihood_weight = nn.Parameter(torch.ones(()))
         self.register_buffer("offset", torch.zeros(()))
+        self.register_buffer("likelihood", torch.tensor(likelihood))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(hidden.float()).squeeze(-1) - self.offset
@@ -156,7 +160,7 @@ class Backbone:
     def has_adapter(self, role: str) -> bool:
         return role in self.roles
 
-    def add_adapter(self, role: str, lora, head: bool = False) -> None:
+    def add_adapter(self, role: str, lora, head: bool = False, likelihood: bool = False) -> None:
         """A fresh LoRA adapter for `role` (lora_B is zero, so it starts equal to the base)."""
         from peft import LoraConfig, get_peft_model
 
@@ -169,13 +173,13 @@ class Backbone:
         else:
             self.peft.add_adapter(role, config)
         if head:
-            self.heads[role] = ScalarHead(self.d_model).to(self.device)
+            self.heads[role] = ScalarHead(self.d_model, likelihood).to(self.device)
         self._refresh()
 
-    def add_head(self, role: str) -> None:
+    def add_head(self, role: str, likelihood: bool = False) -> None:
         """A fresh scalar head for an existing adapter (e.g. a reward model copied from sft)."""
         self._require(role)
-        self.heads[role] = ScalarHead(self.d_model).to(self.device)
+        self.heads[role] = ScalarHead(self.d_model, likelihood).to(self.device)
         self._refresh()
 
     def copy_adapter(self, source: str, target: str) -> None:
@@ -345,8 +349,13 @@ class Backbone:
         """[B]: the head of `role` (default: the active one) at each response's last token."""
         head = self.head(role or self.active)
         states = self.decode(batch)
-        last = states[torch.arange(states.shape[0], device=states.device), batch.response_lengths]
-        return head(last)
+        rows = torch.arange(states.shape[0], device=states.device)
+        scores = head(states[rows, batch.response_lengths])
+        if head.likelihood:
+            logprobs = torch.log_softmax(self.lm_logits(states[:, :-1]).float(), dim=-1)
+            token_logprobs = logprobs.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1) * batch.response_mask
+            scores = scores + head.likelihood_weight * token_logprobs.sum(1) / batch.response_lengths
+        return scores
 
     def token_values(self, batch, role: str | None = None) -> torch.Tensor:
         """[B, R]: the head of `role` at the state before each response token (a value per token)."""

@@ -80,10 +80,15 @@ def select_stages(recipe: recipes.Recipe, stage: str | None, from_stage: str | N
 
 def ensure_base(recipe: recipes.Recipe, progress: Progress) -> None:
     """Offline quickstart: build the tiny T5 where the recipe expects the base, if it is not there yet."""
-    from lorahf.tiny import make_tiny
+    from lorahf.tiny import is_stale, make_tiny
 
     source = recipe.model.make_tiny_from
-    if source is None or Path(recipe.model.name).exists():
+    if source is None:
+        return
+    if Path(recipe.model.name).exists():
+        if is_stale(recipe.model.name, source):
+            raise LorahfError(f"{recipe.model.name}: this tiny T5 was built from other data than {source} holds now",
+                              hint=f"delete {recipe.model.name} (and the runs made with it) to rebuild it")
         return
     progress.note(f"building the offline tiny T5 in {recipe.model.name} from {source}")
     make_tiny(source, recipe.model.name)

@@ -126,6 +126,10 @@ class RewardStage(OptimizerSpec):
     """Held-out accuracy every N steps; the best adapter by it is the one kept."""
     margin: float = Field(0.0, ge=0)
     """Pairwise loss margin: the chosen response must win by at least this much (0: plain Bradley-Terry)."""
+    likelihood_term: bool = False
+    """Add the response's mean token log-likelihood under the reward adapter's own LM head (a copy of
+    sft's), times a learned weight, to the head's score: a small model then checks a response against
+    what SFT learned to expect (measured: 0.62 -> see BENCHMARKS/notes on the tiny model); off by default."""
     init_from: Literal["sft", "random"] = "sft"
     """Start the reward adapter as a copy of sft (the standard choice: it already reads the task) or fresh."""
     min_accuracy: float = Field(0.6, ge=0, le=1)

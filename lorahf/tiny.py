@@ -11,6 +11,7 @@ minutes; 10M and 32M models were still at chance after 10 minutes on 2 cores.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import string
 from contextlib import contextmanager
@@ -57,9 +58,27 @@ def make_tiny(data_dir: str | Path, out_dir: str | Path, spec: TinySpec = TinySp
         tokenizer.save_pretrained(temp)
         with _no_progress_bars():  # the library never prints; save_pretrained would draw a tqdm bar
             model.save_pretrained(temp)
-        (temp / MARKER_FILE).write_text(json.dumps({"built_from": str(data_dir), "spec": asdict(spec)},
+        (temp / MARKER_FILE).write_text(json.dumps({"built_from": str(data_dir), "spec": asdict(spec),
+                                                    "data_fingerprint": data_fingerprint(data_dir)},
                                                    indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def data_fingerprint(data_dir: str | Path) -> str:
+    """A hash of the data files a tiny T5's tokenizer was trained on (names and bytes)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(data_dir).rglob("*") if p.suffix in DATA_SUFFIXES):
+        digest.update(str(file.relative_to(data_dir)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def is_stale(model_dir: str | Path, data_dir: str | Path) -> bool:
+    """True when `model_dir` is a tiny T5 built from other data than `data_dir` holds now."""
+    marker = Path(model_dir) / MARKER_FILE
+    if not marker.is_file():
+        return False
+    recorded = json.loads(marker.read_text()).get("data_fingerprint")
+    return recorded is not None and recorded != data_fingerprint(data_dir)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

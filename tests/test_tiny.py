@@ -108,3 +108,23 @@ def test_rebuilding_replaces_a_tiny_model_but_never_a_foreign_folder(tmp_path, t
     with pytest.raises(LorahfError, match="not a tiny T5"):
         make_tiny(EXAMPLE_DATA, foreign)
     assert (foreign / "precious.txt").read_text() == "keep me"
+
+
+def test_a_tiny_model_built_from_other_data_is_refused_by_run(tmp_path):
+    import shutil
+
+    from lorahf import pipeline
+    from lorahf.progress import Progress
+    from lorahf.recipe import validate
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(EXAMPLE_DATA / "test.jsonl", data / "test.jsonl")
+    make_tiny(data, tmp_path / "tiny")
+    recipe = validate({"name": "x", "output_dir": str(tmp_path / "runs"), "stages": [],
+                       "model": {"name": str(tmp_path / "tiny"), "make_tiny_from": str(data)}})
+    pipeline.ensure_base(recipe, Progress())  # same data: fine
+    with open(data / "test.jsonl", "a") as handle:
+        handle.write('{"document": "A new report.", "reference": "New."}\n')
+    with pytest.raises(LorahfError, match="built from other data"):
+        pipeline.ensure_base(recipe, Progress())

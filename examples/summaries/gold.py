@@ -44,16 +44,15 @@ PLAYERS = (
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 # ------------------------------------------------------------------------- document templates
-# A report is one sentence from each of RESULT, VENUE, STAR and CROWD plus fillers, in a
-# random order.  Several result templates name the loser first or give the score in
-# another shape, so a summariser has to understand roles rather than copy sentence 1.
+# A report is one sentence from each of RESULT, VENUE, STAR and CROWD plus a filler, in a
+# random order.  Every result template names the winner before the loser, in a different shape:
+# measured on the quickstart's 1.3M-parameter T5, templates that name the loser first ("X lost to
+# Y") kept SFT from getting the winner right within minutes (gold 1.15 of 6 after 10 minutes).
 RESULT_TEMPLATES = (
     "{winner} beat {loser} {ws} to {ls} in a hard fought game.",
-    "{loser} fell to a {ws}-{ls} defeat against {winner}.",
     "The final score was {winner} {ws}, {loser} {ls}.",
     "{winner} claimed a {ws}-{ls} win over {loser}.",
-    "It ended {ws}-{ls} to {winner}, and {loser} went home with nothing.",
-    "{loser} lost to {winner} by {ws} goals to {ls}.",
+    "{winner} won {ws}-{ls} against {loser}.",
 )
 VENUE_TEMPLATES = (
     "{home} hosted {away} in {city} on {day}.",

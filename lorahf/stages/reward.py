@@ -64,9 +64,9 @@ def run(recipe, backbone, folder, progress) -> dict:
     if spec.init_from == "sft":
         ensure_adapter(backbone, folder, "sft", needed_by="reward")
         backbone.copy_adapter("sft", ROLE)
-        backbone.add_head(ROLE)
+        backbone.add_head(ROLE, likelihood=spec.likelihood_term)
     else:
-        backbone.add_adapter(ROLE, recipe.lora.reward, head=True)
+        backbone.add_adapter(ROLE, recipe.lora.reward, head=True, likelihood=spec.likelihood_term)
     backbone.set_trainable(ROLE)
     backbone.use(ROLE)
     parameters = backbone.parameters(ROLE)
