@@ -55,6 +55,10 @@ class ScalarHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(hidden.float()).squeeze(-1) - self.offset
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The linear layer, and the likelihood weight only where the score uses it."""
+        return list(self.linear.parameters()) + ([self.likelihood_weight] if self.likelihood else [])
+
 
 @dataclass
 class MemoryReport:
@@ -223,7 +227,7 @@ class Backbone:
         self._require(role)
         found = [p for name, p in self.peft.named_parameters() if _adapter_of(name) == role]
         if role in self.heads:
-            found += list(self.heads[role].parameters())
+            found += self.heads[role].trainable_parameters()
         return found
 
     def head(self, role: str) -> ScalarHead:
@@ -232,8 +236,10 @@ class Backbone:
         return self.heads[role]
 
     def _refresh(self) -> None:
-        """Re-assert requires_grad after peft touched it (set_adapter, add_adapter, load_adapter)."""
+        """Re-assert requires_grad and train/eval mode after peft touched them (set_adapter, add/load_adapter)."""
         if self.peft is not None:
+            # Modules peft just created start in train mode (dropout on) even inside an eval-mode model.
+            self.peft.train(self.peft.training)
             for name, parameter in self.peft.named_parameters():
                 role = _adapter_of(name)
                 parameter.requires_grad_(role is not None and role in self._trainable)

@@ -128,8 +128,8 @@ class RewardStage(OptimizerSpec):
     """Pairwise loss margin: the chosen response must win by at least this much (0: plain Bradley-Terry)."""
     likelihood_term: bool = False
     """Add the response's mean token log-likelihood under the reward adapter's own LM head (a copy of
-    sft's), times a learned weight, to the head's score: a small model then checks a response against
-    what SFT learned to expect (measured: 0.62 -> see BENCHMARKS/notes on the tiny model); off by default."""
+    sft's), times a learned weight, to the head's score, so that a small model checks a response against
+    what SFT learned to expect (tiny quickstart: best held-out accuracy 0.75 with it, 0.61 without)."""
     init_from: Literal["sft", "random"] = "sft"
     """Start the reward adapter as a copy of sft (the standard choice: it already reads the task) or fresh."""
     min_accuracy: float = Field(0.6, ge=0, le=1)
@@ -249,7 +249,7 @@ def validate(raw: dict, source: str = "recipe", lines: dict[str, int] | None = N
     if recipe is not None:
         problems += [_with_line(key, msg, lines, overridden) for key, msg in _cross_checks(recipe)]
     if problems:
-        raise RecipeError(source, problems, hint="`lorahf validate RECIPE` checks a recipe without running it")
+        raise RecipeError(source, problems, hint="every field, its type and default is documented in lorahf/recipe.py")
     return recipe
 
 

@@ -214,3 +214,26 @@ def test_not_a_model_folder_is_one_clear_line(tmp_path):
     with pytest.raises(LorahfError, match="not a model folder") as error:
         Backbone.load(str(tmp_path))
     assert "\n" not in str(error.value)
+
+
+def test_likelihood_term_adds_the_mean_token_logprob_and_survives_save_load(backbone, batch, tmp_path):
+    from lorahf.training import sequence_logprobs
+
+    torch.manual_seed(0)
+    backbone.add_adapter("reward", LoraSpec(), head=True, likelihood=True)
+    _randomize(backbone, "reward", seed=8)
+    head = backbone.head("reward")
+    backbone.use("reward").model.eval()
+    with torch.no_grad():
+        head.likelihood_weight.fill_(0.5)
+        states = backbone.decode(batch)
+        rows = torch.arange(states.shape[0])
+        expected = head(states[rows, batch.response_lengths]) + 0.5 * sequence_logprobs(
+            backbone.lm_logits(states[:, :-1]), batch.response_ids, batch.response_mask).sum(1) / batch.response_lengths
+        scores = backbone.sequence_scores(batch)
+    assert torch.allclose(scores, expected, atol=1e-5)
+    backbone.save_adapter("reward", tmp_path / "reward")
+    backbone.load_adapter("reward", tmp_path / "reward")
+    assert bool(backbone.head("reward").likelihood) and backbone.head("reward").likelihood_weight.item() == 0.5
+    with torch.no_grad():
+        assert torch.equal(backbone.use("reward").sequence_scores(batch), scores)
