@@ -136,3 +136,26 @@ def test_bad_preference_rows_stop_the_stage_with_one_line(tmp_path, tiny_model_d
     with pytest.raises(DataError) as error:
         pipeline.run(_recipe(tmp_path, tiny_model_dir, ["reward"]))
     assert "prefs.jsonl: row 1" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_ranking_and_score_data_train_and_report_their_metrics(tmp_path, tiny_model_dir):
+    from pathlib import Path
+
+    EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "summaries" / "data"
+    formats = {"ranking": ("rankings.jsonl", {"prompt": "document", "responses": "candidates", "ranking": "ranks"}),
+               "score": ("scores.jsonl", {"prompt": "document", "response": "summary", "score": "rating"})}
+    for name, (file, columns) in formats.items():
+        recipe = _recipe(tmp_path / name, tiny_model_dir, ["reward"])
+        recipe.reward.data.files = [str(EXAMPLE_DATA / file)]
+        recipe.reward.data.columns = columns
+        recipe.reward.data.max_rows = 60
+        recipe.reward.max_steps = 3
+        recipe.max_prompt_tokens = 128
+        recipe.max_response_tokens = 32
+        metrics = pipeline.run(recipe).metrics["reward"]
+        assert metrics["format"] == name
+        assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and metrics["eval_pairs"] > 0
+        if name == "ranking":
+            assert metrics["eval_pairs"] == 12 * 6  # 20 % of 60 groups held out, 4 candidates: 6 pairs each
+        else:
+            assert -1.0 <= metrics["pearson"] <= 1.0 and -1.0 <= metrics["spearman"] <= 1.0
