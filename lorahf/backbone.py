@@ -358,9 +358,10 @@ class Backbone:
         rows = torch.arange(states.shape[0], device=states.device)
         scores = head(states[rows, batch.response_lengths])
         if head.likelihood:
-            logprobs = torch.log_softmax(self.lm_logits(states[:, :-1]).float(), dim=-1)
-            token_logprobs = logprobs.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1) * batch.response_mask
-            scores = scores + head.likelihood_weight * token_logprobs.sum(1) / batch.response_lengths
+            from lorahf.training import sequence_logprobs
+
+            logprobs = sequence_logprobs(self.lm_logits(states[:, :-1]), batch.response_ids, batch.response_mask)
+            scores = scores + head.likelihood_weight * logprobs.sum(1) / batch.response_lengths
         return scores
 
     def token_values(self, batch, role: str | None = None) -> torch.Tensor:

@@ -109,10 +109,6 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
     return logprobs * mask
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
 def load_stage_data(spec, shape: str, seed: int):
     """A stage's (train, held-out) rows: its files, checked, split from the seed or from eval_files."""
     from lorahf.data import load_rows, split

@@ -79,7 +79,8 @@ def run(recipe, backbone, folder, progress) -> dict:
     backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
     losses: list[float] = []
     with progress.task("reward", total=steps) as bar:
-        lengths = [len(p) + 2 * max(map(len, rs)) for p, rs in zip(train.prompts, train.responses)]
+        lengths = ([len(p) + 2 * max(map(len, rs)) for p, rs in zip(train.prompts, train.responses)]
+                   if spec.group_by_length else None)
         for step, indices in index_batches(len(train), spec.batch_size, steps, recipe.seed, lengths):
             backbone.model.train()
             scores = score_responses(backbone, train, indices)

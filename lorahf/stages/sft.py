@@ -18,8 +18,8 @@ from lorahf.backbone import respond
 from lorahf.data import collate, encode_pairs
 from lorahf.judge import load_judges
 from lorahf.metrics import rouge_l, win_rate
-from lorahf.training import (Throughput, index_batches, load_stage_data, make_optimizer, masked_mean,
-                             sequence_logprobs, step_plan, update)
+from lorahf.training import (Throughput, index_batches, load_stage_data, make_optimizer, sequence_logprobs,
+                             step_plan, update)
 
 ROLE = "sft"
 LOG_EVERY = 10  # steps between lines in metrics.jsonl
@@ -55,7 +55,7 @@ def run(recipe, backbone, folder, progress) -> dict:
     throughput = Throughput()
     tokens_per_s = 0.0
     with progress.task("sft", total=steps) as bar:
-        lengths = [len(p) + 2 * len(r) for p, r in zip(train[0], train[1])]  # the decoder costs about twice
+        lengths = [len(p) + 2 * len(r) for p, r in zip(train[0], train[1])] if spec.group_by_length else None
         for step, indices in index_batches(len(train_rows), spec.batch_size, steps, recipe.seed, lengths):
             batch = collate([train[0][i] for i in indices], [train[1][i] for i in indices],
                             tokenizer.pad_token_id).to(backbone.device)
