@@ -1,0 +1,104 @@
+"""PPO for RLHF as in Stiennon et al. (2020) and Ziegler et al. (2019), one function per formula."""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Scale to unit variance over the real tokens (and to mean 0 unless `shift_mean` is False); padding stays 0."""
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def kl_estimate(logprobs: torch.Tensor, reference_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from tokens sampled by the policy.
+
+    k1 = log p - log q: unbiased, can be negative per token. k3 = (q/p - 1) - log(q/p): unbiased and never
+    negative (Schulman, "Approximating KL divergence"). Both are exactly 0 where the two agree."""
+    log_ratio = logprobs - reference_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r} (use k1 or k3)")
+
+
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor,
+                  beta: float, ended: torch.Tensor, no_eos_score: float | None) -> torch.Tensor:
+    """-beta * KL on every response token, plus the sequence score on its last token.
+
+    A response that hit the length limit without EOS (`ended` False) gets `no_eos_score` instead of its
+    score when that is set (a fixed penalty, so that rambling past the limit never pays)."""
+    rewards = -beta * kl * mask
+    final = scores if no_eos_score is None else torch.where(ended, scores, torch.full_like(scores, no_eos_score))
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, lengths - 1] += final
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over right-padded responses: (advantages, returns).
+
+    The value after a response's last token is 0 (the episode ends there)."""
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    steps = rewards.shape[1]
+    for t in reversed(range(steps)):
+        next_mask = mask[:, t + 1] if t + 1 < steps else torch.zeros_like(mask[:, 0])
+        next_value = values[:, t + 1] * next_mask if t + 1 < steps else torch.zeros_like(values[:, 0])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * next_mask * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped surrogate objective (as a loss to minimise), with its clip fraction and approximate KL."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clip_fraction": masked_mean((torch.abs(ratio - 1) > clip).float(), mask),
+                 "approx_kl": masked_mean(0.5 * (logprobs - old_logprobs) ** 2, mask)}
+    return loss, stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float = 0.2) -> torch.Tensor:
+    """Half the larger of the squared errors of the new values and of the values clipped near the old ones."""
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+class AdaptiveKLController:
+    """Move beta so that the measured KL tracks a target (Ziegler et al., 2019): a proportional controller
+    whose error is clipped to +-20 % and whose step is scaled by the samples seen over `horizon`."""
+
+    def __init__(self, beta: float, target: float, horizon: int = 10000):
+        self.value = beta
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, kl: float, samples: int) -> float:
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * samples / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value, self.target, self.horizon = state["value"], state["target"], state["horizon"]
