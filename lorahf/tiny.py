@@ -67,7 +67,7 @@ def make_tiny(data_dir: str | Path, out_dir: str | Path, spec: TinySpec = TinySp
 def data_fingerprint(data_dir: str | Path) -> str:
     """A hash of the data files a tiny T5's tokenizer was trained on (names and bytes)."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in Path(data_dir).rglob("*") if p.suffix in DATA_SUFFIXES):
+    for file in _data_files(Path(data_dir)):
         digest.update(str(file.relative_to(data_dir)).encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -137,8 +137,13 @@ def _texts(data_dir: Path):
 
     if not data_dir.is_dir():
         raise LorahfError(f"{data_dir}: not a folder")
-    for file in sorted(p for p in data_dir.rglob("*") if p.suffix in DATA_SUFFIXES):
+    for file in _data_files(data_dir):
         for row in load_table(str(file)):
             for value in row.values():
                 values = value if isinstance(value, list) else [value]
                 yield from (v for v in values if isinstance(v, str))
+
+
+def _data_files(data_dir: Path) -> list[Path]:
+    """The folder's data files, in a fixed order (the tokenizer and the fingerprint both depend on it)."""
+    return sorted(p for p in data_dir.rglob("*") if p.suffix in DATA_SUFFIXES)

@@ -44,9 +44,9 @@ BUCKET_BATCHES = 32  # batches per length-sorting window: big enough to pad litt
 
 
 def _epoch_batches(rows: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None) -> list[list[int]]:
-    shuffled = [i for batch in batches(rows, batch_size, seed=seed, epoch=epoch) for i in batch]
     if lengths is None:
-        return [shuffled[i:i + batch_size] for i in range(0, rows, batch_size)]
+        return list(batches(rows, batch_size, seed=seed, epoch=epoch))
+    shuffled = [i for batch in batches(rows, batch_size, seed=seed, epoch=epoch) for i in batch]
     window = batch_size * BUCKET_BATCHES
     grouped: list[list[int]] = []
     for start in range(0, rows, window):
@@ -107,6 +107,12 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
     """Per-token log-probabilities of `targets` under `logits`, zero where `mask` is 0: [B, R]."""
     logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return logprobs * mask
+
+
+def mean(values) -> float:
+    """The mean of a list of floats; NaN for an empty one (a metric with nothing to average)."""
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
 
 
 def load_stage_data(spec, shape: str, seed: int):

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from lorahf.data import collate, encode_prompts, encode_responses, preference_format
-from lorahf.training import ensure_adapter, index_batches, load_stage_data, make_optimizer, step_plan, update
+from lorahf.training import (ensure_adapter, index_batches, load_stage_data, make_optimizer, mean, step_plan,
+                             update)
 
 ROLE = "reward"
 LOG_EVERY = 10
@@ -89,7 +90,7 @@ def run(recipe, backbone, folder, progress) -> dict:
             update(loss, optimizer, scheduler, parameters, spec.max_grad_norm, "reward", step)
             losses.append(loss.item())
             if step % LOG_EVERY == 0 or step == steps:
-                folder.log_metrics("reward", step, {"loss": sum(losses[-LOG_EVERY:]) / len(losses[-LOG_EVERY:]),
+                folder.log_metrics("reward", step, {"loss": mean(losses[-LOG_EVERY:]),
                                                     "lr": scheduler.get_last_lr()[0]})
             if step % spec.eval_every == 0 or step == steps:
                 evaluation = evaluate(backbone, held_out, spec.batch_size)

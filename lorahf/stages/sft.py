@@ -18,7 +18,7 @@ from lorahf.backbone import respond
 from lorahf.data import collate, encode_pairs
 from lorahf.judge import load_judges
 from lorahf.metrics import rouge_l, win_rate
-from lorahf.training import (Throughput, index_batches, load_stage_data, make_optimizer, sequence_logprobs,
+from lorahf.training import (Throughput, index_batches, load_stage_data, make_optimizer, mean, sequence_logprobs,
                              step_plan, update)
 
 ROLE = "sft"
@@ -66,7 +66,7 @@ def run(recipe, backbone, folder, progress) -> dict:
             throughput.add(int(batch.attention_mask.sum() + batch.response_mask.sum()))
             if step % LOG_EVERY == 0 or step == steps:
                 tokens_per_s = throughput.per_second()
-                folder.log_metrics("sft", step, {"loss": _mean(losses[-LOG_EVERY:]),
+                folder.log_metrics("sft", step, {"loss": mean(losses[-LOG_EVERY:]),
                                                  "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s})
             if step % spec.eval_every == 0 or step == steps:
                 evaluation = evaluate(backbone, held_out, eval_rows, spec, recipe)
@@ -81,7 +81,7 @@ def run(recipe, backbone, folder, progress) -> dict:
     # 4. The best adapter, judged
     backbone.load_adapter(ROLE, folder.adapter_dir(ROLE))
     backbone.set_trainable()
-    metrics = {"train_loss_first": _mean(losses[:LOG_EVERY]), "train_loss_last": _mean(losses[-LOG_EVERY:]),
+    metrics = {"train_loss_first": mean(losses[:LOG_EVERY]), "train_loss_last": mean(losses[-LOG_EVERY:]),
                "eval_loss": best, "eval_loss_untrained": untrained["eval_loss"], "steps": steps}
     metrics.update(judge_against_base(backbone, held_out[0], eval_rows["prompt"], recipe, progress))
     return metrics
@@ -128,13 +128,8 @@ def judge_against_base(backbone, prompt_ids, prompts, recipe, progress) -> dict:
         tuned = judge.score(prompts, answers[ROLE])
         base = judge.score(prompts, answers[None])
         wins = win_rate(tuned, base)
-        metrics.update({f"{judge.name}_score": _mean(tuned), f"{judge.name}_score_untrained": _mean(base),
+        metrics.update({f"{judge.name}_score": mean(tuned), f"{judge.name}_score_untrained": mean(base),
                         f"{judge.name}_win_rate_vs_untrained": wins["win_rate"]})
-        progress.note(f"sft: {judge.name} judge {_mean(tuned):.2f} vs untrained {_mean(base):.2f}, "
+        progress.note(f"sft: {judge.name} judge {mean(tuned):.2f} vs untrained {mean(base):.2f}, "
                       f"win rate {wins['win_rate']:.2f} [{wins['low']:.2f}, {wins['high']:.2f}] on {wins['n']} prompts")
     return metrics
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else float("nan")
