@@ -102,6 +102,7 @@ class Backbone:
         self.heads = nn.ModuleDict()
         self.active: str | None = None
         self._trainable: set[str] = set()
+        self._adapter_parameters: list[tuple[str, nn.Parameter]] = []  # (role, LoRA tensor), kept by _refresh
 
     # ---------------------------------------------------------------------------------- loading
     @classmethod
@@ -212,7 +213,7 @@ class Backbone:
             self.peft.base_model.enable_adapter_layers()
             self.peft.set_adapter(role)
         self.active = role
-        self._refresh()
+        self._apply_requires_grad()  # set_adapter just made `role` trainable and every other adapter frozen
         return self
 
     def set_trainable(self, *roles: str) -> None:
@@ -220,7 +221,7 @@ class Backbone:
         for role in roles:
             self._require(role)
         self._trainable = set(roles)
-        self._refresh()
+        self._apply_requires_grad()
 
     def parameters(self, role: str) -> list[nn.Parameter]:
         """The trainable tensors of `role`: its LoRA weights, then its head's."""
@@ -237,12 +238,17 @@ class Backbone:
 
     def _refresh(self) -> None:
         """Re-assert requires_grad and train/eval mode after peft touched them (set_adapter, add/load_adapter)."""
+        self._adapter_parameters = []
         if self.peft is not None:
             # Modules peft just created start in train mode (dropout on) even inside an eval-mode model.
             self.peft.train(self.peft.training)
-            for name, parameter in self.peft.named_parameters():
-                role = _adapter_of(name)
-                parameter.requires_grad_(role is not None and role in self._trainable)
+            self._adapter_parameters = [(_adapter_of(name), parameter) for name, parameter in
+                                        self.peft.named_parameters() if _adapter_of(name) is not None]
+        self._apply_requires_grad()
+
+    def _apply_requires_grad(self) -> None:
+        for role, parameter in self._adapter_parameters:
+            parameter.requires_grad_(role in self._trainable)
         for role, head in self.heads.items():
             head.requires_grad_(role in self._trainable)
 

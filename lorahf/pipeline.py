@@ -9,6 +9,7 @@ that decides its output, upstream stages included), so rerunning the same comman
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stag
             started = time.perf_counter()
             metrics = RUNNERS[name](recipe, backbone, folder, progress)
             folder.mark_done(name, stage_hash, metrics, time.perf_counter() - started)
+            shutil.rmtree(folder.checkpoint_dir(name), ignore_errors=True)  # the marker supersedes it
             result.ran.append(name)
             result.metrics[name] = metrics
         result.memory = backbone.memory_report().as_dict()
@@ -94,7 +96,7 @@ def ensure_base(recipe: recipes.Recipe, progress: Progress) -> None:
     make_tiny(source, recipe.model.name)
 
 
-STAGE_DATA_SHAPES = {"sft": "sft", "reward": "preference"}
+STAGE_DATA_SHAPES = {"sft": "sft", "reward": "preference", "ppo": "prompts"}
 """The shape of data each stage reads (see lorahf.data.SHAPES)."""
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lorahf.errors import RecipeError
 
-STAGES = ("sft", "reward")
+STAGES = ("sft", "reward", "ppo")
 """The stages a recipe may list, in the only order they can run."""
 
 T5_LINEAR_LAYERS = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
@@ -138,6 +138,83 @@ class RewardStage(OptimizerSpec):
     """Quality gate: PPO refuses to start when held-out accuracy is below this (unless ppo.allow_weak_reward)."""
 
 
+class PPOStage(Section):
+    """PPO against the frozen reward model, each implementation detail named (cf. "The N+ implementation
+    details of RLHF with PPO", Huang et al. 2024). `policy` starts as a copy of `sft`, `value` as a copy of
+    `reward` (adapter and head); both train, `sft` (the reference) and `reward` stay frozen."""
+
+    data: DataSpec
+    """Prompts for rollouts (column `prompt`; an optional `reference` answer is used by the held-out checks)."""
+    reward_judge: str | None = None
+    """Score rollouts with this judge (a name from `judges`) instead of the reward model: for rewards you can
+    compute, such as tests passed or a known answer. The value model then starts from sft with a fresh head."""
+    iterations: int = Field(100, ge=1)
+    """PPO iterations: each samples `batch_size` prompts, generates, scores and updates."""
+    batch_size: int = Field(16, ge=1)
+    """Prompts (and so responses) per iteration."""
+    epochs: int = Field(4, ge=1)
+    """Passes over each iteration's responses (the paper's and TRL's 4)."""
+    minibatch_size: int = Field(4, ge=1)
+    """Responses per optimizer step within an epoch; batch_size / minibatch_size steps per epoch."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Split each minibatch into forward passes of this many responses and accumulate gradients (None: one pass)."""
+    policy_learning_rate: float = Field(1e-4, gt=0)
+    """AdamW learning rate of the policy adapter; RL wants a smaller step than SFT."""
+    value_learning_rate: float = Field(1e-4, gt=0)
+    """AdamW learning rate of the value adapter and head."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the policy's and the value's gradient norms, each on its own (None: no clipping)."""
+    temperature: float = Field(0.7, gt=0)
+    """Sampling temperature of rollouts, applied again when log-probs are recomputed so both see the same distribution."""
+    top_k: int = Field(0, ge=0)
+    """Sample from the k likeliest tokens only (0: all); log-probs stay those of the full softmax, so keep 0 for exact PPO."""
+    beta: float = Field(0.05, ge=0)
+    """KL coefficient: each token's reward is -beta times its KL estimate to `sft` (the paper's 0.05)."""
+    kl_target: float | None = Field(None, gt=0)
+    """Adapt beta so that the mean KL per response tracks this (Ziegler et al. 2019); None keeps beta fixed."""
+    kl_horizon: int = Field(10000, ge=1)
+    """Responses over which the adaptive controller moves beta by its full (clipped) error."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """Per-token KL estimate: k1 = log p - log q (the paper's), or k3 (never negative per token, lower variance)."""
+    whiten_rewards: bool = False
+    """Normalise each batch's token rewards to unit variance; off: the reward model is already centred by its offset."""
+    whiten_advantages: bool = True
+    """Normalise each batch's advantages to mean 0, std 1 (standard PPO; keeps the policy step size steady)."""
+    no_eos_score: float | None = -1.0
+    """Score of a response that hits the length limit without EOS, instead of the reward model's (None: score it anyway)."""
+    max_new_tokens: int | None = Field(None, ge=1)
+    """Length limit of rollouts; None: the recipe's max_response_tokens."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Discount per token; 1, since the only real reward comes at the end."""
+    lam: float = Field(0.95, ge=0, le=1)
+    """GAE lambda: 0.95 trades a little bias for much less variance than Monte-Carlo returns."""
+    policy_clip: float = Field(0.2, gt=0)
+    """PPO ratio clip range."""
+    value_clip: float = Field(0.2, gt=0)
+    """How far a value may move from its rollout-time estimate before its loss is clipped."""
+    value_loss_coef: float = Field(0.1, ge=0)
+    """Weight of the value loss in the summed loss (0.1 as in TRL and the N+ details; the adapters are separate,
+    so it scales the value gradients before their own clipping)."""
+    eval_every: int = Field(10, ge=1)
+    """Iterations between held-out checks (reward, ROUGE-L, KL, length of greedy answers)."""
+    eval_prompts: int = Field(64, ge=1)
+    """Held-out prompts answered at each check."""
+    best_by: str = "reward"
+    """What picks the best policy kept beside the last: `reward` (held-out mean reward), `rouge_l` (needs references) or a judge's name."""
+    checkpoint_every: int = Field(10, ge=1)
+    """Iterations between checkpoints (adapters, heads, optimizers, RNG, KL state): `lorahf run` resumes from the last."""
+    sample_prompts: int = Field(4, ge=0)
+    """Held-out prompts whose answers are kept in samples/ppo.jsonl at every check."""
+    kl_alarm: float = Field(3.0, gt=0)
+    """Alarm when the mean KL exceeds this multiple of kl_target (of `kl_alarm_nats` when kl_target is unset)."""
+    kl_alarm_nats: float = Field(10.0, gt=0)
+    """KL per response (nats) that counts as far from sft when no kl_target is set."""
+    length_alarm: float = Field(0.5, gt=0)
+    """Alarm when the mean response length moves more than this fraction away from sft's."""
+    allow_weak_reward: bool = False
+    """Run even when the reward stage's quality gate failed (its held-out accuracy was below reward.min_accuracy)."""
+
+
 class JudgeSpec(Section):
     python: str
     """A scoring function of yours, `module:function` or `path/to/file.py:function`, called as f(prompt, response) -> float."""
@@ -161,7 +238,7 @@ class Recipe(Section):
     """Longer prompts are truncated (and counted in the data summary)."""
     max_response_tokens: int = Field(64, ge=2)
     """Longer responses are truncated (and counted); also the generation limit."""
-    stages: list[Literal["sft", "reward"]] = Field(default_factory=lambda: list(STAGES))
+    stages: list[Literal["sft", "reward", "ppo"]] = Field(default_factory=lambda: list(STAGES))
     """Stages to run, in order."""
     judges: dict[str, JudgeSpec] = Field(default_factory=dict)
     """Named judges that score responses in the stage reports (e.g. the example's gold judge)."""
@@ -169,6 +246,8 @@ class Recipe(Section):
     """Supervised fine-tuning of the `sft` adapter."""
     reward: RewardStage | None = None
     """Reward model: the `reward` adapter plus a scalar head."""
+    ppo: PPOStage | None = None
+    """PPO: the `policy` and `value` adapters, trained against the frozen `reward` with a KL penalty to `sft`."""
 
     @field_validator("prompt_template")
     @classmethod
@@ -187,8 +266,8 @@ class Recipe(Section):
         A finished stage is skipped only when its marker holds this same hash."""
         shared = self.model_dump(mode="json", include={"seed", "model", "prompt_template",
                                                         "max_prompt_tokens", "max_response_tokens"})
-        role = {"sft": "sft", "reward": "reward"}[stage]
-        parts = {"shared": shared, "lora": self.lora.model_dump(mode="json")[role],
+        roles = {"sft": ["sft"], "reward": ["reward"], "ppo": ["sft", "reward"]}[stage]
+        parts = {"shared": shared, "lora": [self.lora.model_dump(mode="json")[role] for role in roles],
                  "stage": getattr(self, stage).model_dump(mode="json"),
                  "upstream": [self.stage_hash(up) for up in UPSTREAM[stage] if up in self.stages]}
         return _hash(parts)
@@ -199,7 +278,7 @@ class Recipe(Section):
         return _hash(self.model_dump(mode="json", exclude={"name", "output_dir"}))
 
 
-UPSTREAM = {"sft": [], "reward": ["sft"]}
+UPSTREAM = {"sft": [], "reward": ["sft"], "ppo": ["sft", "reward"]}
 """Which stages' outputs each stage starts from."""
 
 
@@ -266,6 +345,18 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
         found.append(("stages", f"must run in the order {order}, not {recipe.stages}"))
     if len(set(recipe.stages)) != len(recipe.stages):
         found.append(("stages", "lists a stage twice"))
+    ppo = recipe.ppo
+    if ppo is not None:
+        if ppo.batch_size % ppo.minibatch_size:
+            found.append(("ppo.minibatch_size", f"must divide ppo.batch_size ({ppo.batch_size}), got {ppo.minibatch_size}"))
+        if ppo.micro_batch_size and ppo.minibatch_size % ppo.micro_batch_size:
+            found.append(("ppo.micro_batch_size",
+                          f"must divide ppo.minibatch_size ({ppo.minibatch_size}), got {ppo.micro_batch_size}"))
+        if ppo.reward_judge is not None and ppo.reward_judge not in recipe.judges:
+            found.append(("ppo.reward_judge", f"names no judge in `judges` ({', '.join(recipe.judges) or 'none'})"))
+        criteria = ["reward", "rouge_l", *recipe.judges]
+        if ppo.best_by not in criteria:
+            found.append(("ppo.best_by", f"must be one of {', '.join(criteria)}, got {ppo.best_by!r}"))
     return found
 
 

@@ -102,3 +102,26 @@ class AdaptiveKLController:
 
     def load_state_dict(self, state: dict) -> None:
         self.value, self.target, self.horizon = state["value"], state["target"], state["horizon"]
+
+
+class FixedKLController:
+    """A constant beta, with the same interface as the adaptive controller."""
+
+    def __init__(self, beta: float):
+        self.value = beta
+
+    def update(self, kl: float, samples: int) -> float:
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns) over real tokens: 1 is a perfect critic, 0 a constant one."""
+    def variance(x):
+        return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+    return 1 - variance(returns - values) / variance(returns).clamp(min=1e-12)

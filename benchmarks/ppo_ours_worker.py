@@ -1,0 +1,99 @@
+"""lorahf's side of benchmarks/ppo_vs_trl.py: PPO iterations of `lorahf.stages.ppo.iterate`, timed.
+
+    python benchmarks/ppo_ours_worker.py --model models/tiny-t5 \
+        --data examples/summaries/data/prompts.jsonl --iterations 5 --warmup 1 --seed 0
+
+The shape, the same as ppo_trl_worker.py's:
+  model       the T5 in --model, loaded once by `Backbone.load(..., "8bit")`; four LoRA adapters on it, each
+              r16, alpha 32, dropout 0.05 on q, k, v, o, wi_0, wi_1, wo (`lorahf.recipe.LoraSpec()`): `sft`
+              (the frozen reference), `reward` (frozen, with its scalar head), `policy` (a copy of sft) and
+              `value` (a copy of reward, head included); policy and value train. The adapters are fresh
+              (lora_B = 0), so every role starts as the base, as TRL's single adapter does.
+  prompts     "summarize: {document}" for each row of --data, `encode_prompts(..., 48)`: the first 47 tokens
+              and EOS. Batch i takes the 16 prompts from position 16 i on, wrapping around, warm-up first.
+  generation  sampling, temperature 1, top_k 0, at most 32 new tokens, all 16 prompts in one batch, in eval
+              mode (no dropout).
+  reward      the `reward` adapter's forward pass and head (more work than TRL's rule on the text).
+  update      4 PPO epochs of minibatch 4 (`PPOStage` defaults otherwise: separate learning rates, beta 0.05).
+`torch.set_num_threads(2)`.
+
+Prints one line of JSON last on stdout, in the protocol of ppo_trl_worker.py: seconds = generate + reward +
+update per timed iteration, where "reward" is everything the frozen roles read (the reward's score, sft's
+and the rollout policy's log-probs, the value's estimates) and "update" the 4 x 4 minibatch steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+from importlib import metadata
+
+BATCH = 16
+PROMPT_TOKENS = 48
+NEW_TOKENS = 32
+THREADS = 2
+TEMPLATE = "summarize: {prompt}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="T5 folder (save_pretrained, with its tokenizer)")
+    parser.add_argument("--data", required=True, help="JSONL of prompts, column 'document'")
+    parser.add_argument("--iterations", type=int, required=True, help="timed PPO iterations")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed PPO iterations first")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import torch
+
+    from lorahf.backbone import Backbone
+    from lorahf.data import encode_prompts, load_rows
+    from lorahf.ppo.rollout import ModelScorer
+    from lorahf.ppo.update import make_optimizer
+    from lorahf.recipe import DataSpec, LoraSpec, PPOStage
+    from lorahf.stages.ppo import iterate
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(args.seed)
+    backbone = Backbone.load(args.model, quantization="8bit", device="cpu")
+    lora = LoraSpec()
+    backbone.add_adapter("sft", lora)
+    backbone.add_adapter("reward", lora, head=True)
+    backbone.copy_adapter("sft", "policy")
+    backbone.copy_adapter("reward", "value")
+    backbone.set_trainable("policy", "value")
+
+    rows = load_rows([args.data], "prompts", {"prompt": "document"})
+    texts = list(rows["prompt"])
+    prompt_ids, _ = encode_prompts(backbone.tokenizer, texts, PROMPT_TOKENS, TEMPLATE)
+    spec = PPOStage(data=DataSpec(files=[args.data]), batch_size=BATCH, epochs=4, minibatch_size=4,
+                    temperature=1.0, top_k=0)
+    optimizer = make_optimizer(backbone, spec)
+    scorer = ModelScorer()
+
+    timed: list[dict] = []
+    for i in range(args.warmup + args.iterations):
+        rows_i = [(BATCH * i + j) % len(texts) for j in range(BATCH)]
+        numbers = iterate(backbone, [prompt_ids[r] for r in rows_i], [texts[r] for r in rows_i], scorer, spec,
+                          spec.beta, optimizer, torch.Generator().manual_seed(args.seed + i), NEW_TOKENS, i + 1)
+        if i >= args.warmup:
+            timed.append(numbers)
+
+    print(json.dumps({
+        "name": "ours",
+        "seconds": [n["seconds"] for n in timed],
+        "generate_seconds": [n["seconds_generate"] for n in timed],
+        "reward_seconds": [n["seconds_score"] for n in timed],
+        "update_seconds": [n["seconds_update"] for n in timed],
+        "mean_response_tokens": sum(n["response_length"] for n in timed) / len(timed),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+        "trainable_parameters": sum(p.numel() for role in ("policy", "value") for p in backbone.parameters(role)),
+        "versions": {name: metadata.version(name) for name in
+                     ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "lorahf")},
+    }))
+
+
+if __name__ == "__main__":
+    main()

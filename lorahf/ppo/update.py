@@ -1,0 +1,83 @@
+"""The PPO update: K epochs over minibatches of one rollout, policy and value trained in the same step.
+
+Both adapters train at once, so the Backbone (not peft's `set_adapter`) owns `requires_grad`:
+switching to `value` for its forward pass must not freeze `policy` before the backward pass
+(shared/DESIGN.md, "Loading the base"). Dropout stays off: the model is in eval mode throughout, so
+the first minibatch's ratio is exactly 1.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from lorahf.errors import LorahfError
+from lorahf.ppo.math import masked_mean, policy_loss, value_loss
+from lorahf.ppo.rollout import POLICY, VALUE, Rollout, response_logprobs, take
+
+
+def make_optimizer(backbone, spec) -> torch.optim.Optimizer:
+    """One AdamW with a parameter group per trained role, each at its own learning rate."""
+    return torch.optim.AdamW([
+        {"params": backbone.parameters(POLICY), "lr": spec.policy_learning_rate, "name": POLICY},
+        {"params": backbone.parameters(VALUE), "lr": spec.value_learning_rate, "name": VALUE},
+    ], weight_decay=0.0, fused=True)  # fused: one kernel per step, not a dozen per tensor
+
+
+def train_on(backbone, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, spec,
+             optimizer: torch.optim.Optimizer, generator: torch.Generator, iteration: int) -> dict[str, float]:
+    """`spec.epochs` passes of minibatch steps over the rollout; the mean of each statistic over the steps."""
+    started = time.perf_counter()
+    backbone.set_trainable(POLICY, VALUE)
+    backbone.model.eval()  # dropout off during RL
+    size = len(rollout)
+    micro = spec.micro_batch_size or spec.minibatch_size
+    totals: dict[str, float] = {}
+    steps = 0
+    for _ in range(spec.epochs):
+        order = torch.randperm(size, generator=generator)
+        for start in range(0, size, spec.minibatch_size):
+            minibatch = order[start:start + spec.minibatch_size]
+            for part in minibatch.split(micro):
+                stats = _loss_and_backward(backbone, rollout, advantages, returns, spec, part.to(advantages.device),
+                                           weight=len(part) / len(minibatch))
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + value * len(part) / len(minibatch)
+            _step(optimizer, spec.max_grad_norm, iteration)
+            steps += 1
+    result = {key: value / steps for key, value in totals.items()}
+    result["seconds_update"] = time.perf_counter() - started
+    return result
+
+
+def _loss_and_backward(backbone, rollout: Rollout, advantages, returns, spec, rows, weight: float) -> dict[str, float]:
+    batch = take(rollout.batch, rows)
+    width = batch.response_ids.shape[1]
+    mask = batch.response_mask.float()
+    logprobs, _ = response_logprobs(backbone.use(POLICY), batch, spec.temperature)
+    policy, stats = policy_loss(logprobs, rollout.logprobs[rows, :width], advantages[rows, :width], mask,
+                                spec.policy_clip)
+    values = backbone.use(VALUE).token_values(batch).float()
+    value = value_loss(values, rollout.values[rows, :width], returns[rows, :width], mask, spec.value_clip)
+    loss = policy + spec.value_loss_coef * value
+    if not torch.isfinite(loss):
+        raise LorahfError(f"ppo: the loss is {loss.item()} (policy {policy.item()}, value {value.item()})",
+                          hint="lower the learning rates, or beta; the last checkpoint is kept")
+    (loss * weight).backward()
+    return {"policy_loss": policy.item(), "value_loss": value.item(), "clip_fraction": stats["clip_fraction"].item(),
+            "approx_kl": stats["approx_kl"].item(),
+            "value_clip_fraction": masked_mean(((values - rollout.values[rows, :width]).abs() > spec.value_clip)
+                                               .float(), mask).item()}
+
+
+def _step(optimizer, max_grad_norm: float | None, iteration: int) -> None:
+    """Clip the policy's and the value's gradients each on its own, refuse a non-finite one, step."""
+    for group in optimizer.param_groups:
+        norm = torch.nn.utils.clip_grad_norm_(group["params"], max_grad_norm or float("inf"))
+        if not torch.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            raise LorahfError(f"ppo: the {group['name']} gradient norm is {norm.item()} at iteration {iteration}",
+                              hint="lower the learning rates; the last checkpoint is kept")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)

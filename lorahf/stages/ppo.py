@@ -1,0 +1,341 @@
+"""PPO: train `policy` (a copy of `sft`) against the frozen `reward`, with a KL penalty to `sft`.
+
+No maintained library does PPO for encoder-decoders (TRL removed its PPOTrainer), so the loop is ours,
+written as the numbered steps of Stiennon et al. (2020); the formulas live in lorahf/ppo/math.py.
+
+    0. refuse to start on a reward model that failed its quality gate (unless ppo.allow_weak_reward)
+    1. prompts for rollouts; held-out prompts (with references where given) for the checks
+    2. adapters: policy <- sft, value <- reward (adapter and head); or all of it from the last checkpoint
+    3. per iteration:
+       a. sample prompts, generate with policy; score with reward; log-probs under sft and policy,
+          values under value (ppo/rollout.py)
+       b. per-token rewards = -beta * KL + the score at the last token; GAE advantages (ppo/math.py)
+       c. K epochs of the clipped policy and value losses over minibatches (ppo/update.py)
+       d. adapt beta; metrics and alarms; every eval_every a held-out check that keeps the best policy;
+          every checkpoint_every a checkpoint `lorahf run` resumes from
+    4. adapters/policy is the best policy by `best_by`, adapters/policy-last the last; the reward model
+       and the judges compare the best with sft on the held-out prompts
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from lorahf.data import Seq2SeqBatch, collate, encode_prompts
+from lorahf.errors import LorahfError
+from lorahf.judge import load_judges
+from lorahf.metrics import rouge_l, win_rate
+from lorahf.ppo.alarms import held_out_alarms, iteration_alarms
+from lorahf.ppo.math import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_estimate,
+                             masked_mean, token_rewards, whiten)
+from lorahf.ppo.rollout import POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, ModelScorer, collect
+from lorahf.ppo.update import make_optimizer, train_on
+from lorahf.runs import atomic_path
+from lorahf.training import ensure_adapter, index_batches, load_stage_data, mean
+
+LAST = "policy-last"  # the adapter of the last iteration; `policy` holds the best
+FINAL_EVAL_PROMPTS = 200  # held-out prompts the final comparison answers
+ANSWER_BATCH = 64
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class State:
+    """What a checkpoint needs besides the adapters and the optimizer."""
+
+    iteration: int = 0
+    kl_controller: dict = field(default_factory=dict)
+    best: float = float("-inf")  # the best held-out criterion so far
+    best_iteration: int = 0
+    start: dict = field(default_factory=dict)  # the held-out check at iteration 0 (policy == sft)
+    sft_length: float = 0.0  # mean response length of the first rollout (policy == sft)
+    alarms: dict = field(default_factory=dict)  # alarm name -> iterations it fired
+    samples: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)  # per iteration
+    scores: list = field(default_factory=list)  # mean rollout score per iteration
+    kls: list = field(default_factory=list)  # mean rollout KL per iteration
+
+
+def run(recipe, backbone, folder, progress) -> dict:
+    spec = recipe.ppo
+    tokenizer = backbone.tokenizer
+    max_new_tokens = spec.max_new_tokens or recipe.max_response_tokens
+
+    # 0. The reward model's quality gate
+    if spec.reward_judge is None:
+        check_gate(folder, spec)
+
+    # 1. Prompts
+    train_rows, eval_rows = load_stage_data(spec.data, "prompts", recipe.seed)
+    train_texts = list(train_rows["prompt"])
+    train_prompts, cut = encode_prompts(tokenizer, train_rows["prompt"], recipe.max_prompt_tokens,
+                                        recipe.prompt_template)
+    eval_rows = eval_rows.select(range(min(FINAL_EVAL_PROMPTS, len(eval_rows))))
+    held_out = HeldOut(encode_prompts(tokenizer, eval_rows["prompt"], recipe.max_prompt_tokens,
+                                      recipe.prompt_template)[0], list(eval_rows["prompt"]),
+                       list(eval_rows["reference"]) if "reference" in eval_rows.column_names else None)
+    progress.note(f"ppo prompts: {len(train_prompts)} for rollouts ({cut} truncated), {len(held_out.prompts)} "
+                  f"held out{' with references' if held_out.references else ''}")
+    judges = {judge.name: judge for judge in load_judges(recipe)}
+    scorer = JudgeScorer(judges[spec.reward_judge]) if spec.reward_judge else ModelScorer()
+
+    # 2. Adapters: fresh copies, or the last checkpoint
+    ensure_adapter(backbone, folder, REFERENCE, needed_by="ppo")
+    if spec.reward_judge is None:
+        ensure_adapter(backbone, folder, REWARD, needed_by="ppo")
+    stage_hash = recipe.stage_hash("ppo")
+    state, optimizer_state = load_checkpoint(backbone, folder, stage_hash, progress)
+    if state is None:
+        backbone.copy_adapter(REFERENCE, POLICY)
+        if spec.reward_judge is None:
+            backbone.copy_adapter(REWARD, VALUE)
+            backbone.head(VALUE).likelihood.fill_(False)  # per-token values read the head alone
+        else:
+            backbone.copy_adapter(REFERENCE, VALUE)
+            backbone.add_head(VALUE)
+        state = State()
+    backbone.set_trainable(POLICY, VALUE)
+    optimizer = make_optimizer(backbone, spec)
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    controller = (AdaptiveKLController(spec.beta, spec.kl_target, spec.kl_horizon) if spec.kl_target
+                  else FixedKLController(spec.beta))
+    if state.kl_controller:
+        controller.load_state_dict(state.kl_controller)
+    kl_limit = spec.kl_alarm * (spec.kl_target or spec.kl_alarm_nats)
+
+    if state.iteration == 0:
+        state.start = held_out_check(backbone, held_out, scorer, spec, max_new_tokens, judges)
+        keep_if_best(backbone, folder, state, state.start, spec, iteration=0)
+        state.samples += samples(state.start, held_out, spec, iteration=0)
+        folder.write_samples("ppo", state.samples)
+        folder.log_metrics("ppo", 0, {f"eval_{k}": v for k, v in state.start.items() if k in LOGGED_CHECKS})
+
+    # 3. Loop
+    with progress.task("ppo", total=spec.iterations) as bar:
+        bar.advance(state.iteration)
+        for iteration, indices in index_batches(len(train_prompts), spec.batch_size, spec.iterations, recipe.seed):
+            if iteration <= state.iteration:
+                continue  # done before the checkpoint this run resumed from
+            torch.manual_seed(recipe.seed * 1_000_003 + iteration)  # a resumed run samples what this one would
+            generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + iteration)
+
+            # a-c. rollout, rewards and advantages, K epochs of minibatch updates
+            numbers = iterate(backbone, [train_prompts[i] for i in indices], [train_texts[i] for i in indices],
+                              scorer, spec, controller.value, optimizer, generator, max_new_tokens, iteration)
+            if iteration == 1:
+                state.sft_length = numbers["response_length"]  # policy == sft in the first rollout
+            found = iteration_alarms(numbers["kl"], kl_limit, numbers["response_length"], state.sft_length,
+                                     spec.length_alarm)
+            numbers["peak_memory_mb"] = peak_memory_mb(backbone.device)
+
+            # d. beta, log, check, checkpoint
+            controller.update(numbers["kl"], len(indices))
+            state.iteration = iteration
+            state.kl_controller = controller.state_dict()
+            state.seconds.append(numbers["seconds"])
+            state.scores.append(numbers["score_mean"])
+            state.kls.append(numbers["kl"])
+            if iteration % spec.eval_every == 0 or iteration == spec.iterations:
+                check = held_out_check(backbone, held_out, scorer, spec, max_new_tokens, judges)
+                found += held_out_alarms(check["reward"], check.get("rouge_l"), state.start["reward"],
+                                         state.start.get("rouge_l"))
+                keep_if_best(backbone, folder, state, check, spec, iteration)
+                state.samples += samples(check, held_out, spec, iteration)
+                folder.write_samples("ppo", state.samples)
+                numbers.update({f"eval_{k}": v for k, v in check.items() if k in LOGGED_CHECKS})
+            for name in found:
+                state.alarms.setdefault(name, []).append(iteration)
+            folder.log_metrics("ppo", iteration, {**numbers, "alarms": found})
+            if iteration % spec.checkpoint_every == 0 and iteration < spec.iterations:
+                save_checkpoint(backbone, folder, state, optimizer, stage_hash)
+            bar.advance(score=numbers["score_mean"], kl=numbers["kl"], len=numbers["response_length"],
+                        alarms=",".join(found) or "-")
+
+    # 4. Last and best; the best compared with sft
+    backbone.save_adapter(POLICY, folder.adapter_dir(LAST))
+    backbone.save_adapter(VALUE, folder.adapter_dir(VALUE))
+    backbone.load_adapter(POLICY, folder.adapter_dir(POLICY))
+    backbone.set_trainable()
+    metrics = {"iterations": state.iteration, "best_by": spec.best_by, "best_iteration": state.best_iteration,
+               "best": state.best, "kl_limit": kl_limit, "beta_last": controller.value,
+               "seconds_per_iteration": statistics.median(state.seconds) if state.seconds else None,
+               "alarms": {name: len(found) for name, found in state.alarms.items()},
+               "score_first": state.scores[0], "score_last": mean(state.scores[-spec.eval_every:]),
+               "kl_last": mean(state.kls[-spec.eval_every:])}
+    metrics.update(compare_with_sft(backbone, held_out, scorer, max_new_tokens, judges, progress))
+    for name, iterations in state.alarms.items():
+        progress.note(f"[yellow]ppo alarm {name}[/yellow] at {len(iterations)} iteration(s), first at {iterations[0]}")
+    return metrics
+
+
+def iterate(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, spec, beta: float, optimizer,
+            generator: torch.Generator, max_new_tokens: int, iteration: int) -> dict[str, float]:
+    """One PPO iteration, steps a-c: rollout, per-token rewards and advantages, the epochs of updates.
+
+    Refuses to update on non-finite rollout numbers (the adapters stay as the last good iteration left them)."""
+    # a. rollout
+    rollout = collect(backbone, prompt_ids, prompts, scorer, spec.temperature, spec.top_k, max_new_tokens)
+    mask = rollout.batch.response_mask.float()
+    lengths = rollout.batch.response_lengths
+
+    # b. rewards and advantages
+    kl = kl_estimate(rollout.logprobs, rollout.reference_logprobs, spec.kl_estimator) * mask
+    rewards = token_rewards(rollout.scores, kl, mask, lengths, beta, rollout.ended, spec.no_eos_score)
+    if spec.whiten_rewards:
+        rewards = whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae(rewards, rollout.values, mask, spec.gamma, spec.lam)
+    if spec.whiten_advantages:
+        advantages = whiten(advantages, mask)
+    numbers = {"score_mean": rollout.scores.mean().item(), "score_std": rollout.scores.std().item(),
+               "kl": kl.sum(1).mean().item(), "beta": beta,
+               "non_score_reward": (-beta * kl).sum(1).mean().item(),
+               "entropy": masked_mean(rollout.entropy, mask).item(),
+               "response_length": lengths.float().mean().item(),
+               "truncated": (~rollout.ended).float().mean().item(),
+               "explained_variance": explained_variance(rollout.values, returns, mask).item(),
+               "seconds_generate": rollout.seconds["generate"], "seconds_score": rollout.seconds["score"]}
+    bad = [name for name, value in numbers.items() if not math.isfinite(value)]
+    if bad:
+        raise LorahfError(f"ppo: {', '.join(bad)} not finite at iteration {iteration}; the adapters are kept as "
+                          "the last checkpoint left them", hint="lower the learning rates")
+
+    # c. K epochs of minibatch updates
+    numbers.update(train_on(backbone, rollout, advantages, returns, spec, optimizer, generator, iteration))
+    numbers["seconds"] = numbers["seconds_generate"] + numbers["seconds_score"] + numbers["seconds_update"]
+    return numbers
+
+
+LOGGED_CHECKS = ("reward", "rouge_l", "kl", "length", "judge")
+
+
+# --------------------------------------------------------------------------------------------- gate
+def check_gate(folder, spec) -> None:
+    """Refuse to optimise against a reward model that failed its quality gate, unless told to."""
+    marker = folder.marker("reward")
+    if marker is None or marker.metrics.get("gate") != "fail" or spec.allow_weak_reward:
+        return
+    m = marker.metrics
+    raise LorahfError(f"ppo: the reward model failed its quality gate (held-out accuracy {m['eval_accuracy']:.3f} "
+                      f"< reward.min_accuracy {m['min_accuracy']}); PPO would learn its mistakes",
+                      hint="improve the reward data or training, or set ppo.allow_weak_reward: true to go on anyway")
+
+
+# ---------------------------------------------------------------------------------------- held out
+@dataclass
+class HeldOut:
+    prompt_ids: list[list[int]]
+    prompts: list[str]
+    references: list[str] | None
+
+
+def held_out_check(backbone, held_out: HeldOut, scorer, spec, max_new_tokens: int, judges: dict) -> dict:
+    """The policy's greedy answers to the first `eval_prompts` held-out prompts, measured."""
+    n = min(spec.eval_prompts, len(held_out.prompts))
+    answers = answer(backbone, POLICY, held_out.prompt_ids[:n], held_out.prompts[:n], scorer, max_new_tokens)
+    check = {"reward": mean(answers["rewards"]), "kl": mean(answers["kl"]), "length": mean(answers["lengths"]),
+             "answers": answers["texts"], "rewards": answers["rewards"]}
+    if held_out.references:
+        check["rouge_l"] = rouge_l(answers["texts"], held_out.references[:n])
+    if spec.best_by in judges:
+        check["judge"] = mean(judges[spec.best_by].score(held_out.prompts[:n], answers["texts"]))
+    return check
+
+
+def keep_if_best(backbone, folder, state: State, check: dict, spec, iteration: int) -> None:
+    value = check["judge" if spec.best_by not in ("reward", "rouge_l") else spec.best_by]
+    if value > state.best:
+        state.best, state.best_iteration = value, iteration
+        backbone.save_adapter(POLICY, folder.adapter_dir(POLICY))
+
+
+def samples(check: dict, held_out: HeldOut, spec, iteration: int) -> list[dict]:
+    shown = min(spec.sample_prompts, len(check["answers"]))
+    return [{"iteration": iteration, "prompt": held_out.prompts[i], "response": check["answers"][i],
+             "reward": check["rewards"][i], **({"reference": held_out.references[i]} if held_out.references else {})}
+            for i in range(shown)]
+
+
+@torch.no_grad()
+def answer(backbone, role: str, prompt_ids: list[list[int]], prompts: list[str], scorer, max_new_tokens: int) -> dict:
+    """Greedy answers of `role`, their reward, length and exact KL(role || sft) summed over their tokens."""
+    out = {"texts": [], "rewards": [], "lengths": [], "kl": []}
+    backbone.model.eval()
+    for start in range(0, len(prompt_ids), ANSWER_BATCH):
+        encoded = collate(prompt_ids[start:start + ANSWER_BATCH], None, backbone.tokenizer.pad_token_id)
+        encoded = encoded.to(backbone.device)
+        responses, lengths = backbone.use(role).generate(encoded, max_new_tokens)
+        mask = (torch.arange(responses.shape[1], device=responses.device)[None, :] < lengths[:, None]).long()
+        batch = Seq2SeqBatch(encoded.input_ids, encoded.attention_mask, responses, mask, lengths)
+        log_p = torch.log_softmax(backbone.use(role).response_logits(batch).float(), -1)
+        log_q = torch.log_softmax(backbone.use(REFERENCE).response_logits(batch).float(), -1)
+        kl = ((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum(1)
+        out["rewards"] += scorer(backbone, prompts[start:start + ANSWER_BATCH], batch).tolist()
+        out["texts"] += backbone.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        out["lengths"] += lengths.tolist()
+        out["kl"] += kl.tolist()
+    return out
+
+
+def compare_with_sft(backbone, held_out: HeldOut, scorer, max_new_tokens: int, judges: dict, progress) -> dict:
+    """Reward, KL, ROUGE-L and every judge's score of the policy's answers vs sft's, with win rates."""
+    answers = {role: answer(backbone, role, held_out.prompt_ids, held_out.prompts, scorer, max_new_tokens)
+               for role in (REFERENCE, POLICY)}
+    sft, policy = answers[REFERENCE], answers[POLICY]
+    wins = win_rate(policy["rewards"], sft["rewards"])
+    metrics = {"eval_prompts": len(held_out.prompt_ids), "reward_sft": mean(sft["rewards"]),
+               "reward_policy": mean(policy["rewards"]), "reward_win_rate_vs_sft": wins["win_rate"],
+               "kl": mean(policy["kl"]), "length_sft": mean(sft["lengths"]), "length_policy": mean(policy["lengths"])}
+    if held_out.references:
+        metrics["rouge_l_sft"] = rouge_l(sft["texts"], held_out.references)
+        metrics["rouge_l_policy"] = rouge_l(policy["texts"], held_out.references)
+    progress.note(f"ppo: held-out reward {metrics['reward_policy']:.3f} vs sft {metrics['reward_sft']:.3f}, "
+                  f"KL {metrics['kl']:.2f} nats per answer")
+    for name, judge in judges.items():
+        scores = {role: judge.score(held_out.prompts, answers[role]["texts"]) for role in answers}
+        wins = win_rate(scores[POLICY], scores[REFERENCE])
+        metrics.update({f"{name}_score_sft": mean(scores[REFERENCE]), f"{name}_score_policy": mean(scores[POLICY]),
+                        f"{name}_win_rate_vs_sft": wins["win_rate"], f"{name}_win_rate_low": wins["low"],
+                        f"{name}_win_rate_high": wins["high"]})
+        progress.note(f"ppo: {name} judge {mean(scores[POLICY]):.2f} vs sft {mean(scores[REFERENCE]):.2f}, win rate "
+                      f"{wins['win_rate']:.2f} [{wins['low']:.2f}, {wins['high']:.2f}] on {wins['n']} prompts")
+    return metrics
+
+
+# -------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(backbone, folder, state: State, optimizer, stage_hash: str) -> None:
+    """Adapters, heads, optimizer and loop state, in one atomic folder."""
+    with atomic_path(folder.checkpoint_dir("ppo")) as temp:
+        temp.mkdir()
+        backbone.save_adapter(POLICY, temp / POLICY)
+        backbone.save_adapter(VALUE, temp / VALUE)
+        torch.save({"stage_hash": stage_hash, "state": asdict(state), "optimizer": optimizer.state_dict()},
+                   temp / STATE_FILE)
+
+
+def load_checkpoint(backbone, folder, stage_hash: str, progress) -> tuple[State | None, dict | None]:
+    """The last checkpoint of this same stage (same hash) loaded into the backbone, or (None, None)."""
+    path = folder.checkpoint_dir("ppo")
+    if not (path / STATE_FILE).is_file():
+        return None, None
+    saved = torch.load(path / STATE_FILE, weights_only=True)
+    if saved["stage_hash"] != stage_hash:
+        progress.note("[yellow]ppo: the checkpoint was made with another recipe; starting over[/yellow]")
+        return None, None
+    backbone.load_adapter(POLICY, path / POLICY)
+    backbone.load_adapter(VALUE, path / VALUE)
+    state = State(**saved["state"])
+    progress.note(f"ppo: resuming after iteration {state.iteration} from {path}")
+    return state, saved["optimizer"]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on a GPU; the process's peak resident memory on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

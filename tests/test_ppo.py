@@ -1,0 +1,158 @@
+"""The PPO stage on the tiny T5: it learns a hand-written reward, trains only what it should, resumes, and
+respects the reward model's quality gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from lorahf import pipeline
+from lorahf.errors import LorahfError
+from lorahf.progress import Progress
+from lorahf.recipe import validate
+from lorahf.runs import RunFolder
+from lorahf.stages import ppo as ppo_stage
+
+from tests.conftest import EXAMPLE_DATA
+
+WORD = "Tigers"  # the hand-written reward: +1 per occurrence of this word in the response
+
+
+def _recipe(tmp_path, model_dir, name="ppo-toy", stages=("sft", "ppo"), reward=None, sft_steps=100, **ppo):
+    judge = tmp_path / "count_word.py"
+    judge.write_text(f"def score(prompt, response):\n    return float(response.split().count({WORD!r}))\n")
+    raw = {"name": name, "output_dir": str(tmp_path / "runs"), "seed": 0,
+           "model": {"name": str(model_dir), "quantization": "8bit"},
+           "prompt_template": "summarize: {prompt}", "max_prompt_tokens": 96, "max_response_tokens": 16,
+           "judges": {"count": {"python": f"{judge}:score"}},
+           "stages": list(stages),
+           "sft": {"data": {"files": [str(EXAMPLE_DATA / "sft.jsonl")],
+                            "columns": {"prompt": "document", "response": "summary"}, "max_rows": 800},
+                   "learning_rate": 1e-3, "lr_schedule": "constant", "max_steps": sft_steps, "eval_every": sft_steps,
+                   "eval_samples": 0},
+           "ppo": {"data": {"files": [str(EXAMPLE_DATA / "prompts.jsonl")], "columns": {"prompt": "document"},
+                            "eval_fraction": 0.02},
+                   "reward_judge": "count", "batch_size": 8, "minibatch_size": 4, "epochs": 2,
+                   "policy_learning_rate": 1e-3, "value_learning_rate": 1e-3, "beta": 0.02,
+                   "eval_every": 5, "eval_prompts": 8, "checkpoint_every": 2, **ppo}}
+    if reward is not None:
+        raw["reward"] = reward
+    return validate(raw)
+
+
+def _ppo_rows(recipe) -> list[dict]:
+    return [row for row in RunFolder(recipe.run_dir).read_metrics("ppo") if "score_mean" in row]
+
+
+def test_ppo_learns_a_hand_written_reward_with_kl_near_zero_at_first(tmp_path, tiny_model_dir):
+    recipe = _recipe(tmp_path, tiny_model_dir, iterations=16)
+    result = pipeline.run(recipe)
+    rows = _ppo_rows(recipe)
+    first, last = rows[:4], rows[-4:]
+    assert sum(r["score_mean"] for r in last) / 4 > sum(r["score_mean"] for r in first) / 4 + 0.5, \
+        [r["score_mean"] for r in rows]
+    assert abs(rows[0]["kl"]) < 1e-4  # the first rollout: policy == reference
+    assert sum(r["kl"] for r in rows) / len(rows) >= 0
+    metrics = result.metrics["ppo"]
+    assert metrics["count_win_rate_vs_sft"] > 0.5 and metrics["reward_policy"] > metrics["reward_sft"]
+    samples = [json.loads(line) for line in RunFolder(recipe.run_dir).samples_path("ppo").read_text().splitlines()]
+    assert {s["iteration"] for s in samples} == {0, 5, 10, 15, 16}
+
+
+def _fingerprint(tensors) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_ppo_trains_policy_and_value_only(tmp_path, tiny_model_dir, backbone):
+    """With a reward model: policy and value change; sft, reward (adapter and head) and the base do not."""
+    reward = {"data": {"files": [str(EXAMPLE_DATA / "preferences.jsonl")], "max_rows": 64,
+                       "columns": {"prompt": "document", "chosen": "better", "rejected": "worse"}},
+              "max_steps": 2, "eval_every": 2, "min_accuracy": 0.0}
+    recipe = _recipe(tmp_path, tiny_model_dir, stages=("sft", "reward", "ppo"), reward=reward, reward_judge=None, sft_steps=10,
+                     iterations=2, eval_every=2)
+    folder = RunFolder(recipe.run_dir)
+    for stage in ("sft", "reward"):
+        from lorahf.stages import RUNNERS
+
+        RUNNERS[stage](recipe, backbone, folder, Progress())
+        folder.mark_done(stage, recipe.stage_hash(stage), {"gate": "pass"} if stage == "reward" else {}, 0.0)
+    base = [p for n, p in backbone.t5.named_parameters() if "lora_" not in n] + list(backbone.t5.buffers())
+    frozen = {"base": _fingerprint(base), "sft": _fingerprint(backbone.parameters("sft")),
+              "reward": _fingerprint(backbone.parameters("reward") + list(backbone.head("reward").buffers()))}
+    ppo_stage.run(recipe, backbone, folder, Progress())
+    backbone.load_adapter("policy", folder.adapter_dir("policy-last"))
+    assert _fingerprint(base) == frozen["base"]
+    assert _fingerprint(backbone.parameters("sft")) == frozen["sft"]
+    assert _fingerprint(backbone.parameters("reward") + list(backbone.head("reward").buffers())) == frozen["reward"]
+    assert _fingerprint(backbone.parameters("policy")) != frozen["sft"]
+    value = backbone.parameters("value")
+    assert _fingerprint(value) != _fingerprint(backbone.parameters("reward"))
+
+
+def test_killed_mid_ppo_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run_does(
+        tmp_path, tiny_model_dir, monkeypatch):
+    unbroken = _recipe(tmp_path, tiny_model_dir, name="unbroken", sft_steps=10, iterations=5, eval_every=5)
+    pipeline.run(unbroken)
+
+    broken = _recipe(tmp_path, tiny_model_dir, name="broken", sft_steps=10, iterations=5, eval_every=5)
+    iterate = ppo_stage.iterate
+
+    def killed_at_five(*args, **kwargs):
+        if args[-1] == 5:
+            raise KeyboardInterrupt
+        return iterate(*args, **kwargs)
+
+    monkeypatch.setattr(ppo_stage, "iterate", killed_at_five)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(broken)
+    folder = RunFolder(broken.run_dir)
+    assert (folder.checkpoint_dir("ppo") / ppo_stage.STATE_FILE).is_file() and not folder.is_done(
+        "ppo", broken.stage_hash("ppo"))
+    monkeypatch.setattr(ppo_stage, "iterate", iterate)
+    progress = _Notes()
+    pipeline.run(broken, progress=progress)
+    assert any("resuming after iteration 4" in note for note in progress.notes), progress.notes
+    assert folder.is_done("ppo", broken.stage_hash("ppo")) and not folder.checkpoint_dir("ppo").exists()
+    assert [r["step"] for r in _ppo_rows(broken)] == [1, 2, 3, 4, 5]  # 5 once: the kill came before its log line
+    from safetensors.torch import load_file
+
+    for role in ("policy-last", "value"):
+        a = load_file(RunFolder(unbroken.run_dir).adapter_dir(role) / "adapter_model.safetensors")
+        b = load_file(folder.adapter_dir(role) / "adapter_model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), role
+
+
+class _Notes(Progress):
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+def test_failed_reward_gate_blocks_ppo_unless_allowed(tmp_path, tiny_model_dir):
+    recipe = _recipe(tmp_path, tiny_model_dir, reward_judge=None)
+    folder = RunFolder(recipe.run_dir)
+    folder.mark_done("reward", "x", {"gate": "fail", "eval_accuracy": 0.55, "min_accuracy": 0.6}, 0.0)
+    with pytest.raises(LorahfError, match=r"failed its quality gate \(held-out accuracy 0.550 < reward.min_accuracy "
+                                          r"0.6\)") as error:
+        ppo_stage.check_gate(folder, recipe.ppo)
+    assert "ppo.allow_weak_reward: true" in error.value.hint
+    ppo_stage.check_gate(folder, recipe.ppo.model_copy(update={"allow_weak_reward": True}))
+    folder.mark_done("reward", "x", {"gate": "pass", "eval_accuracy": 0.7, "min_accuracy": 0.6}, 0.0)
+    ppo_stage.check_gate(folder, recipe.ppo)
+
+
+def test_ppo_recipe_checks_gather_every_problem(tmp_path, tiny_model_dir):
+    with pytest.raises(LorahfError) as error:
+        _recipe(tmp_path, tiny_model_dir, minibatch_size=3, reward_judge="nope", best_by="rouge")
+    problems = error.value.problems
+    assert any("ppo.minibatch_size" in p and "divide ppo.batch_size (8)" in p for p in problems)
+    assert any("ppo.reward_judge" in p for p in problems)
+    assert any("ppo.best_by" in p and "reward, rouge_l, count" in p for p in problems)
