@@ -14,7 +14,8 @@ The shape, the same as ppo_trl_worker.py's:
   generation  sampling, temperature 1, top_k 0, at most 32 new tokens, all 16 prompts in one batch, in eval
               mode (no dropout).
   reward      the `reward` adapter's forward pass and head (more work than TRL's rule on the text).
-  update      4 PPO epochs of minibatch 4 (`PPOStage` defaults otherwise: separate learning rates, beta 0.05).
+  update      4 PPO epochs of minibatch 4 (`PPOStage` defaults otherwise: separate learning rates, beta 0.05,
+              train_encoder off: the decoder's adapters train, the encoders' outputs come from the rollout).
 `torch.set_num_threads(2)`.
 
 Prints one line of JSON last on stdout, in the protocol of ppo_trl_worker.py: seconds = generate + reward +
@@ -43,12 +44,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, required=True, help="timed PPO iterations")
     parser.add_argument("--warmup", type=int, default=1, help="untimed PPO iterations first")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-encoder", action="store_true", help="train the encoders' adapters too (as TRL does)")
     args = parser.parse_args()
 
     import torch
 
     from lorahf.backbone import Backbone
-    from lorahf.data import encode_prompts, load_rows
+    from lorahf.data import encode_prompts
     from lorahf.ppo.rollout import ModelScorer
     from lorahf.ppo.update import make_optimizer
     from lorahf.recipe import DataSpec, LoraSpec, PPOStage
@@ -64,11 +66,11 @@ def main() -> None:
     backbone.copy_adapter("reward", "value")
     backbone.set_trainable("policy", "value")
 
-    rows = load_rows([args.data], "prompts", {"prompt": "document"})
-    texts = list(rows["prompt"])
+    with open(args.data, encoding="utf-8") as handle:  # read as TRL's worker reads it: data loading is not timed
+        texts = [json.loads(line)["document"] for line in handle if line.strip()]
     prompt_ids, _ = encode_prompts(backbone.tokenizer, texts, PROMPT_TOKENS, TEMPLATE)
     spec = PPOStage(data=DataSpec(files=[args.data]), batch_size=BATCH, epochs=4, minibatch_size=4,
-                    temperature=1.0, top_k=0)
+                    temperature=1.0, top_k=0, train_encoder=args.train_encoder)
     optimizer = make_optimizer(backbone, spec)
     scorer = ModelScorer()
 
@@ -82,6 +84,7 @@ def main() -> None:
 
     print(json.dumps({
         "name": "ours",
+        "train_encoder": args.train_encoder,
         "seconds": [n["seconds"] for n in timed],
         "generate_seconds": [n["seconds_generate"] for n in timed],
         "reward_seconds": [n["seconds_score"] for n in timed],
@@ -89,7 +92,7 @@ def main() -> None:
         "mean_response_tokens": sum(n["response_length"] for n in timed) / len(timed),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
-        "trainable_parameters": sum(p.numel() for role in ("policy", "value") for p in backbone.parameters(role)),
+        "trainable_parameters": sum(p.numel() for group in optimizer.param_groups for p in group["params"]),
         "versions": {name: metadata.version(name) for name in
                      ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "lorahf")},
     }))

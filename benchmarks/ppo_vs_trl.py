@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL of prompts, column 'document'")
     parser.add_argument("--seed", type=int, default=0, help="passed to every worker")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write every worker's result here")
+    parser.add_argument("--ours-args", default="", help="extra flags for ours, e.g. --train-encoder")
     args = parser.parse_args()
     if args.rounds < 1 or args.iterations < 1 or args.warmup < 0:
         parser.error("--rounds and --iterations must be >= 1, --warmup >= 0")
@@ -124,6 +125,8 @@ def main() -> None:
 def worker(side: str, python: str, model: Path, data: Path, args: argparse.Namespace) -> dict:
     command = [python, str(WORKERS[side]), "--model", str(model), "--data", str(data),
                "--iterations", str(args.iterations), "--warmup", str(args.warmup), "--seed", str(args.seed)]
+    if side == "ours":
+        command += shlex.split(args.ours_args)
     env = dict(os.environ, OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS, TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     if side == "trl":  # nothing of this interpreter's environment may leak into the other one

@@ -21,7 +21,10 @@ import copy
 import logging
 import warnings
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -103,6 +106,7 @@ class Backbone:
         self.active: str | None = None
         self._trainable: set[str] = set()
         self._adapter_parameters: list[tuple[str, nn.Parameter]] = []  # (role, LoRA tensor), kept by _refresh
+        self._lora_layers: list[nn.Module] = []  # peft's LoRA layers, kept by _refresh
 
     # ---------------------------------------------------------------------------------- loading
     @classmethod
@@ -223,10 +227,12 @@ class Backbone:
         self._trainable = set(roles)
         self._apply_requires_grad()
 
-    def parameters(self, role: str) -> list[nn.Parameter]:
-        """The trainable tensors of `role`: its LoRA weights, then its head's."""
+    def parameters(self, role: str, encoder: bool = True) -> list[nn.Parameter]:
+        """The trainable tensors of `role`: its LoRA weights (without the encoder's if `encoder` is False),
+        then its head's."""
         self._require(role)
-        found = [p for name, p in self.peft.named_parameters() if _adapter_of(name) == role]
+        found = [p for name, p in self.peft.named_parameters()
+                 if _adapter_of(name) == role and (encoder or ".encoder." not in name)]
         if role in self.heads:
             found += self.heads[role].trainable_parameters()
         return found
@@ -244,6 +250,7 @@ class Backbone:
             self.peft.train(self.peft.training)
             self._adapter_parameters = [(_adapter_of(name), parameter) for name, parameter in
                                         self.peft.named_parameters() if _adapter_of(name) is not None]
+            self._lora_layers = [module for module in self.peft.modules() if hasattr(module, "lora_A")]
         self._apply_requires_grad()
 
     def _apply_requires_grad(self) -> None:
@@ -359,8 +366,11 @@ class Backbone:
 
     def sequence_scores(self, batch, role: str | None = None) -> torch.Tensor:
         """[B]: the head of `role` (default: the active one) at each response's last token."""
-        head = self.head(role or self.active)
-        states = self.decode(batch)
+        return self.scores_from_states(self.decode(batch), batch, role or self.active)
+
+    def scores_from_states(self, states: torch.Tensor, batch, role: str) -> torch.Tensor:
+        """[B]: `role`'s sequence score from decoder states that `role` computed (see `sequence_scores`)."""
+        head = self.head(role)
         rows = torch.arange(states.shape[0], device=states.device)
         scores = head(states[rows, batch.response_lengths])
         if head.likelihood:
@@ -374,25 +384,67 @@ class Backbone:
         """[B, R]: the head of `role` at the state before each response token (a value per token)."""
         return self.head(role or self.active)(self.decode(batch)[:, :-1])
 
-    @torch.no_grad()
+    @contextmanager
+    def per_row(self, roles: list[str]) -> Iterator[Backbone]:
+        """Inside, row i of every forward pass runs as `roles[i]`: one pass for several roles.
+
+        The base computes once for all rows (one int8 matmul where there would be one per role) and each
+        row gets only its own role's LoRA update: every listed adapter is active, and a hook on each
+        adapter's lora_A output zeroes the rows of the other roles (so their gradients are zero too).
+        peft's own mixed-adapter batches add the LoRA update into the 8-bit base's output in place,
+        which autograd refuses, and they are for inference only; this also trains. Eval mode only
+        (LoRA dropout would not see the row masks)."""
+        names = list(dict.fromkeys(roles))
+        for role in names:
+            self._require(role)
+        if self.peft.training:
+            raise LorahfError("per_row runs in eval mode only (dropout off)")
+        masks = {role: torch.tensor([r == role for r in roles], dtype=torch.float32, device=self.device)
+                 for role in names}
+        previous = self.active
+        self.peft.base_model.enable_adapter_layers()
+        self.peft.base_model.set_adapter(names)
+        self._apply_requires_grad()
+        handles = [layer.lora_A[role].register_forward_hook(partial(_keep_rows, masks[role]))
+                   for layer in self._lora_layers for role in names if role in layer.lora_A]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.use(previous)
+
     def generate(self, batch, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Responses of the active role for a batch of prompts, in eval mode (no dropout).
+                 top_k: int = 0, top_p: float = 1.0, encoder_states: torch.Tensor | None = None,
+                 return_logits: bool = False):
+        """Responses of the active role for a batch of prompts, in eval mode (no dropout), under
+        `torch.inference_mode`.
 
         Returns (response_ids [B, R] right-padded with pad after EOS, lengths [B] including EOS; a
-        response that hit the limit has no EOS and length max_new_tokens)."""
+        response that hit the limit has no EOS and length max_new_tokens), and with `return_logits` also
+        the raw next-token logits that chose each response token, [B, R, vocab] (before temperature or
+        top-k). `encoder_states`: the prompts' encoder outputs under this role, if already computed."""
+        from transformers.modeling_outputs import BaseModelOutput
+
         was_training = self.model.training
         self.model.eval()
+        extra = {"encoder_outputs": BaseModelOutput(last_hidden_state=encoder_states)} if encoder_states is not None else {}
         try:
-            output = self.model.generate(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
-                do_sample=do_sample, temperature=temperature if do_sample else None,
-                top_k=top_k if do_sample else None, top_p=top_p if do_sample else None,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+            with torch.inference_mode():
+                output = self.model.generate(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
+                    do_sample=do_sample, temperature=temperature if do_sample else None,
+                    top_k=top_k if do_sample else None, top_p=top_p if do_sample else None,
+                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                    output_logits=return_logits, return_dict_in_generate=True, **extra)
         finally:
             self.model.train(was_training)
-        responses = output[:, 1:]  # drop the decoder start token
-        return _cut_after_eos(responses, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        # clones made outside inference mode are ordinary tensors, usable later in autograd
+        responses, lengths = _cut_after_eos(output.sequences[:, 1:].clone(),  # drop the decoder start token
+                                            self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        if not return_logits:
+            return responses, lengths
+        return responses, lengths, torch.stack(output.logits, dim=1)[:, :responses.shape[1]].clone()
 
 
 def respond(backbone: Backbone, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int = 64,
@@ -406,6 +458,11 @@ def respond(backbone: Backbone, prompt_ids: list[list[int]], max_new_tokens: int
         responses, _ = backbone.generate(batch.to(backbone.device), max_new_tokens, **sampling)
         texts += backbone.tokenizer.batch_decode(responses, skip_special_tokens=True)
     return [text.strip() for text in texts]
+
+
+def _keep_rows(mask: torch.Tensor, module, inputs, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook for `per_row`: zero a LoRA input projection's output on the rows of other roles."""
+    return output * mask.view(-1, *([1] * (output.dim() - 1)))
 
 
 def _quiet_libraries() -> None:

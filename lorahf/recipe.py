@@ -164,6 +164,9 @@ class PPOStage(Section):
     """AdamW learning rate of the value adapter and head."""
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the policy's and the value's gradient norms, each on its own (None: no clipping)."""
+    train_encoder: bool = False
+    """Train the encoder's adapters of policy and value too. Off, their encoder outputs are computed once per
+    rollout and reused by every epoch (TRL recomputes them), and only the decoder's adapters train."""
     temperature: float = Field(0.7, gt=0)
     """Sampling temperature of rollouts, applied again when log-probs are recomputed so both see the same distribution."""
     top_k: int = Field(0, ge=0)
@@ -196,7 +199,10 @@ class PPOStage(Section):
     """Weight of the value loss in the summed loss (0.1 as in TRL and the N+ details; the adapters are separate,
     so it scales the value gradients before their own clipping)."""
     eval_every: int = Field(10, ge=1)
-    """Iterations between held-out checks (reward, ROUGE-L, KL, length of greedy answers)."""
+    """Iterations between held-out checks (reward, ROUGE-L, KL and length of the policy's answers)."""
+    eval_greedy: bool = False
+    """Answer held-out prompts greedily; off: sample at `temperature` (the distribution PPO optimises), the same
+    seed for sft and policy. PPO mostly sharpens a policy, which greedy answers barely show."""
     eval_prompts: int = Field(64, ge=1)
     """Held-out prompts answered at each check."""
     best_by: str = "reward"

@@ -38,6 +38,25 @@ def checks(metrics: dict[str, dict]) -> list[Check]:
                            f"accuracy {reward['eval_accuracy']:.3f} on {reward['eval_pairs']} pairs "
                            f"(gate {reward['gate']} at {reward['min_accuracy']})",
                            reward["gate"] == "pass"))
+    ppo = metrics.get("ppo")
+    if ppo:
+        found.append(Check("ppo", "raised the reward of held-out answers over SFT's",
+                           f"{ppo['reward_sft']:.3f} -> {ppo['reward_policy']:.3f} on {ppo['eval_prompts']} prompts "
+                           f"(best of {ppo['iterations']} iterations: {ppo['best_iteration']})",
+                           ppo["reward_policy"] > ppo["reward_sft"]))
+        for judge in _judges(ppo, suffix="_win_rate_vs_sft"):
+            found.append(Check("ppo", f"the {judge} judge prefers PPO answers to SFT's",
+                               f"score {ppo[judge + '_score_sft']:.2f} -> {ppo[judge + '_score_policy']:.2f}, win rate "
+                               f"{ppo[judge + '_win_rate_vs_sft']:.2f} [{ppo[judge + '_win_rate_low']:.2f}, "
+                               f"{ppo[judge + '_win_rate_high']:.2f}]",
+                               ppo[judge + "_win_rate_vs_sft"] > 0.5))
+        found.append(Check("ppo", "stayed close to SFT (bounded KL)",
+                           f"KL {ppo['kl']:.2f} nats per answer (alarm above {ppo['kl_limit']:.1f})",
+                           ppo["kl"] <= ppo["kl_limit"]))
+        alarms = ppo.get("alarms") or {}
+        found.append(Check("ppo", "no alarm fired",
+                           ", ".join(f"{name} x{count}" for name, count in alarms.items()) or "none",
+                           None if alarms else True))
     return found
 
 

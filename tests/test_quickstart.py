@@ -31,6 +31,11 @@ def test_quickstart_end_to_end(tmp_path):
     assert sft["eval_loss"] < 0.3 * sft["eval_loss_untrained"]
     assert sft["gold_win_rate_vs_untrained"] > 0.9
     assert reward["gate"] == "pass" and reward["eval_accuracy"] >= 0.7 and reward["eval_pairs"] == 250
+    ppo = json.loads((run / "stages" / "ppo.json").read_text())["metrics"]
+    assert ppo["reward_policy"] > ppo["reward_sft"] and ppo["gold_score_policy"] > ppo["gold_score_sft"]
+    assert ppo["gold_win_rate_vs_sft"] > 0.5 and 0 < ppo["kl"] < ppo["kl_limit"]
+    assert (run / "adapters" / "policy" / "adapter_model.safetensors").is_file()
+    assert not (run / "checkpoints" / "ppo").exists()
     assert (run / "adapters" / "sft" / "adapter_model.safetensors").is_file()
     assert (run / "adapters" / "reward" / "head.safetensors").is_file()
 

@@ -3,8 +3,9 @@
     rollout = collect(backbone, prompt_ids, spec, max_new_tokens)
 
 Generation runs in eval mode (no dropout) with the KV cache. The frozen readings (the reward's score,
-the reference's and the rollout policy's log-probs, the value's estimates) run under
-`torch.inference_mode` and never change during the epochs that follow, so they are taken once.
+the reference's and the rollout policy's log-probs, the value's estimates) never change during the
+epochs that follow, so they are taken once, under `torch.inference_mode`. (One `Backbone.per_row` pass
+over all four roles was slower here than four passes: every row then computes every role's LoRA.)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Rollout:
     reference_logprobs: torch.Tensor  # [B, R] the same under `sft`
     values: torch.Tensor  # [B, R] the value model's estimate before each token
     entropy: torch.Tensor  # [B, R] the policy's entropy at each position
+    encoder_states: dict[str, torch.Tensor] | None = None  # policy's and value's, when their encoders are frozen
     seconds: dict[str, float] = field(default_factory=dict)  # generate, score
 
     def __len__(self) -> int:
@@ -55,41 +57,62 @@ class JudgeScorer:
 
 
 def collect(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, temperature: float, top_k: int,
-            max_new_tokens: int) -> Rollout:
-    """Sample responses from `policy` and read scores, reference log-probs and values for them."""
+            max_new_tokens: int, keep_encoder_states: bool = False) -> Rollout:
+    """Sample responses from `policy`, then read every frozen quantity: sft's and the policy's log-probs,
+    the value's estimates, the reward's score.
+
+    With `keep_encoder_states`, the policy's and the value's encoder outputs are kept for the update
+    (valid while their encoder adapters do not train)."""
     started = time.perf_counter()
     encoded = collate(prompt_ids, None, backbone.tokenizer.pad_token_id).to(backbone.device)
-    responses, lengths = backbone.use(POLICY).generate(encoded, max_new_tokens, do_sample=True,
-                                                       temperature=temperature, top_k=top_k)
+    backbone.model.eval()
+    with torch.inference_mode():
+        policy_encoder = backbone.use(POLICY).encode(encoded)
+    responses, lengths, logits = backbone.generate(encoded, max_new_tokens, do_sample=True, temperature=temperature,
+                                                   top_k=top_k, encoder_states=policy_encoder, return_logits=True)
     generated = time.perf_counter()
     width = max(int(lengths.max()), 1)
-    responses = responses[:, :width]
+    responses, logits = responses[:, :width], logits[:, :width]
     mask = (torch.arange(width, device=responses.device)[None, :] < lengths[:, None]).long()
     batch = Seq2SeqBatch(encoded.input_ids, encoded.attention_mask, responses * mask, mask, lengths)
     rows = torch.arange(len(lengths), device=responses.device)
     ended = responses[rows, lengths - 1] == backbone.tokenizer.eos_token_id
 
-    was_training = backbone.model.training
-    backbone.model.eval()
     with torch.inference_mode():
+        # the policy's log-probs come with generation; sft, value and reward read the responses
+        logprobs, entropy = logprobs_from_logits(logits, batch, temperature)
+        encoders = {POLICY: policy_encoder, VALUE: backbone.use(VALUE).encode(batch)}
+        reference_states = backbone.use(REFERENCE).decode(batch)
+        reference_logprobs, _ = logprobs_from_logits(backbone.lm_logits(reference_states[:, :-1]), batch,
+                                                     temperature)
+        values = backbone.head(VALUE)(backbone.use(VALUE).decode(batch, encoders[VALUE])[:, :-1]).float() * mask
         scores = scorer(backbone, prompts, batch)
-        reference_logprobs, _ = response_logprobs(backbone.use(REFERENCE), batch, temperature)
-        logprobs, entropy = response_logprobs(backbone.use(POLICY), batch, temperature)
-        values = backbone.use(VALUE).token_values(batch).float() * mask
-    backbone.model.train(was_training)
     # inference tensors cannot take part in autograd later; clones are ordinary tensors
-    frozen = [t.clone() for t in (scores, logprobs, reference_logprobs, values, entropy)]
-    return Rollout(batch, ended, *frozen[:4], entropy=frozen[4],
+    kept = {role: encoders[role].clone() for role in (POLICY, VALUE)} if keep_encoder_states else None
+    return Rollout(batch, ended, scores.clone(), logprobs.clone(), reference_logprobs.clone(), values.clone(),
+                   entropy.clone(), encoder_states=kept,
                    seconds={"generate": generated - started, "score": time.perf_counter() - generated})
 
 
-def response_logprobs(backbone, batch: Seq2SeqBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of the responses under the active role at `temperature`, and the entropy: [B, R] each.
+def repeat(batch: Seq2SeqBatch, times: int) -> Seq2SeqBatch:
+    """The batch stacked `times` times along the rows (one copy per role of a `per_row` pass)."""
+    return Seq2SeqBatch(**{f.name: getattr(batch, f.name).repeat(times, *([1] * (getattr(batch, f.name).dim() - 1)))
+                           for f in fields(batch)})
+
+
+def logprobs_from_states(backbone, states: torch.Tensor, batch: Seq2SeqBatch,
+                         temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of the responses and the entropy, from a role's decoder states: [B, R] each."""
+    return logprobs_from_logits(backbone.lm_logits(states[:, :-1]), batch, temperature)
+
+
+def logprobs_from_logits(logits: torch.Tensor, batch: Seq2SeqBatch, temperature: float) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+    """Per-token log-probs of the responses and the entropy under softmax(logits / temperature): [B, R] each.
 
     The temperature is the one the responses were sampled at, so rollout-time and update-time log-probs
-    describe the same distribution (a detail TRL 0.11 got wrong for a while)."""
-    logits = backbone.response_logits(batch).float() / temperature
-    logprobs_all = torch.log_softmax(logits, dim=-1)
+    describe the same distribution."""
+    logprobs_all = torch.log_softmax(logits.float() / temperature, dim=-1)
     logprobs = logprobs_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
     entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
     mask = batch.response_mask

@@ -14,14 +14,15 @@ import torch
 
 from lorahf.errors import LorahfError
 from lorahf.ppo.math import masked_mean, policy_loss, value_loss
-from lorahf.ppo.rollout import POLICY, VALUE, Rollout, response_logprobs, take
+from lorahf.ppo.rollout import POLICY, VALUE, Rollout, logprobs_from_states, repeat, take
 
 
 def make_optimizer(backbone, spec) -> torch.optim.Optimizer:
-    """One AdamW with a parameter group per trained role, each at its own learning rate."""
+    """One AdamW with a parameter group per trained role, each at its own learning rate (the encoders'
+    adapters only with `spec.train_encoder`)."""
     return torch.optim.AdamW([
-        {"params": backbone.parameters(POLICY), "lr": spec.policy_learning_rate, "name": POLICY},
-        {"params": backbone.parameters(VALUE), "lr": spec.value_learning_rate, "name": VALUE},
+        {"params": backbone.parameters(POLICY, spec.train_encoder), "lr": spec.policy_learning_rate, "name": POLICY},
+        {"params": backbone.parameters(VALUE, spec.train_encoder), "lr": spec.value_learning_rate, "name": VALUE},
     ], weight_decay=0.0, fused=True)  # fused: one kernel per step, not a dozen per tensor
 
 
@@ -52,13 +53,22 @@ def train_on(backbone, rollout: Rollout, advantages: torch.Tensor, returns: torc
 
 
 def _loss_and_backward(backbone, rollout: Rollout, advantages, returns, spec, rows, weight: float) -> dict[str, float]:
+    """Policy and value read their own copy of the rows in ONE forward pass (`Backbone.per_row`); one backward."""
     batch = take(rollout.batch, rows)
-    width = batch.response_ids.shape[1]
+    size, width = len(rows), batch.response_ids.shape[1]
     mask = batch.response_mask.float()
-    logprobs, _ = response_logprobs(backbone.use(POLICY), batch, spec.temperature)
+    with backbone.per_row([POLICY] * size + [VALUE] * size):
+        stacked = repeat(batch, 2)
+        if rollout.encoder_states is not None:  # frozen encoders: their outputs from the rollout
+            prompt_width = batch.input_ids.shape[1]
+            encoder_states = torch.cat([rollout.encoder_states[role][rows, :prompt_width] for role in (POLICY, VALUE)])
+        else:
+            encoder_states = backbone.encode(stacked)
+        policy_states, value_states = backbone.decode(stacked, encoder_states).split(size)
+    logprobs, _ = logprobs_from_states(backbone, policy_states, batch, spec.temperature)
     policy, stats = policy_loss(logprobs, rollout.logprobs[rows, :width], advantages[rows, :width], mask,
                                 spec.policy_clip)
-    values = backbone.use(VALUE).token_values(batch).float()
+    values = backbone.head(VALUE)(value_states[:, :-1]).float()
     value = value_loss(values, rollout.values[rows, :width], returns[rows, :width], mask, spec.value_clip)
     loss = policy + spec.value_loss_coef * value
     if not torch.isfinite(loss):

@@ -42,6 +42,7 @@ LAST = "policy-last"  # the adapter of the last iteration; `policy` holds the be
 FINAL_EVAL_PROMPTS = 200  # held-out prompts the final comparison answers
 ANSWER_BATCH = 64
 STATE_FILE = "state.pt"
+EVAL_SEED = 1234  # held-out answers are sampled from this seed, the same for every role and check
 
 
 @dataclass
@@ -168,7 +169,7 @@ def run(recipe, backbone, folder, progress) -> dict:
                "alarms": {name: len(found) for name, found in state.alarms.items()},
                "score_first": state.scores[0], "score_last": mean(state.scores[-spec.eval_every:]),
                "kl_last": mean(state.kls[-spec.eval_every:])}
-    metrics.update(compare_with_sft(backbone, held_out, scorer, max_new_tokens, judges, progress))
+    metrics.update(compare_with_sft(backbone, held_out, scorer, spec, max_new_tokens, judges, progress))
     for name, iterations in state.alarms.items():
         progress.note(f"[yellow]ppo alarm {name}[/yellow] at {len(iterations)} iteration(s), first at {iterations[0]}")
     return metrics
@@ -180,7 +181,8 @@ def iterate(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, s
 
     Refuses to update on non-finite rollout numbers (the adapters stay as the last good iteration left them)."""
     # a. rollout
-    rollout = collect(backbone, prompt_ids, prompts, scorer, spec.temperature, spec.top_k, max_new_tokens)
+    rollout = collect(backbone, prompt_ids, prompts, scorer, spec.temperature, spec.top_k, max_new_tokens,
+                      keep_encoder_states=not spec.train_encoder)
     mask = rollout.batch.response_mask.float()
     lengths = rollout.batch.response_lengths
 
@@ -235,9 +237,9 @@ class HeldOut:
 
 
 def held_out_check(backbone, held_out: HeldOut, scorer, spec, max_new_tokens: int, judges: dict) -> dict:
-    """The policy's greedy answers to the first `eval_prompts` held-out prompts, measured."""
+    """The policy's answers to the first `eval_prompts` held-out prompts, measured."""
     n = min(spec.eval_prompts, len(held_out.prompts))
-    answers = answer(backbone, POLICY, held_out.prompt_ids[:n], held_out.prompts[:n], scorer, max_new_tokens)
+    answers = answer(backbone, POLICY, held_out.prompt_ids[:n], held_out.prompts[:n], scorer, spec, max_new_tokens)
     check = {"reward": mean(answers["rewards"]), "kl": mean(answers["kl"]), "length": mean(answers["lengths"]),
              "answers": answers["texts"], "rewards": answers["rewards"]}
     if held_out.references:
@@ -262,29 +264,36 @@ def samples(check: dict, held_out: HeldOut, spec, iteration: int) -> list[dict]:
 
 
 @torch.no_grad()
-def answer(backbone, role: str, prompt_ids: list[list[int]], prompts: list[str], scorer, max_new_tokens: int) -> dict:
-    """Greedy answers of `role`, their reward, length and exact KL(role || sft) summed over their tokens."""
+def answer(backbone, role: str, prompt_ids: list[list[int]], prompts: list[str], scorer, spec,
+           max_new_tokens: int) -> dict:
+    """Answers of `role` (greedy, or sampled from a fixed seed), their reward, length and the exact
+    KL(role || sft) of the next-token distributions along them, summed over their tokens."""
     out = {"texts": [], "rewards": [], "lengths": [], "kl": []}
     backbone.model.eval()
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(EVAL_SEED)  # sft and policy answer from the same random stream
     for start in range(0, len(prompt_ids), ANSWER_BATCH):
         encoded = collate(prompt_ids[start:start + ANSWER_BATCH], None, backbone.tokenizer.pad_token_id)
         encoded = encoded.to(backbone.device)
-        responses, lengths = backbone.use(role).generate(encoded, max_new_tokens)
+        responses, lengths = backbone.use(role).generate(encoded, max_new_tokens, do_sample=not spec.eval_greedy,
+                                                         temperature=spec.temperature, top_k=spec.top_k)
         mask = (torch.arange(responses.shape[1], device=responses.device)[None, :] < lengths[:, None]).long()
         batch = Seq2SeqBatch(encoded.input_ids, encoded.attention_mask, responses, mask, lengths)
-        log_p = torch.log_softmax(backbone.use(role).response_logits(batch).float(), -1)
-        log_q = torch.log_softmax(backbone.use(REFERENCE).response_logits(batch).float(), -1)
+        log_p = torch.log_softmax(backbone.use(role).response_logits(batch).float() / spec.temperature, -1)
+        log_q = torch.log_softmax(backbone.use(REFERENCE).response_logits(batch).float() / spec.temperature, -1)
         kl = ((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum(1)
         out["rewards"] += scorer(backbone, prompts[start:start + ANSWER_BATCH], batch).tolist()
         out["texts"] += backbone.tokenizer.batch_decode(responses, skip_special_tokens=True)
         out["lengths"] += lengths.tolist()
         out["kl"] += kl.tolist()
+    torch.set_rng_state(generator_state)
     return out
 
 
-def compare_with_sft(backbone, held_out: HeldOut, scorer, max_new_tokens: int, judges: dict, progress) -> dict:
+def compare_with_sft(backbone, held_out: HeldOut, scorer, spec, max_new_tokens: int, judges: dict,
+                     progress) -> dict:
     """Reward, KL, ROUGE-L and every judge's score of the policy's answers vs sft's, with win rates."""
-    answers = {role: answer(backbone, role, held_out.prompt_ids, held_out.prompts, scorer, max_new_tokens)
+    answers = {role: answer(backbone, role, held_out.prompt_ids, held_out.prompts, scorer, spec, max_new_tokens)
                for role in (REFERENCE, POLICY)}
     sft, policy = answers[REFERENCE], answers[POLICY]
     wins = win_rate(policy["rewards"], sft["rewards"])
