@@ -25,10 +25,11 @@ and the rollout policy's log-probs, the value's estimates) and "update" the 4 x 
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 from importlib import metadata
+
+from ppo_worker_args import worker_parser  # beside this script
 
 BATCH = 16
 PROMPT_TOKENS = 48
@@ -38,12 +39,7 @@ TEMPLATE = "summarize: {prompt}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="T5 folder (save_pretrained, with its tokenizer)")
-    parser.add_argument("--data", required=True, help="JSONL of prompts, column 'document'")
-    parser.add_argument("--iterations", type=int, required=True, help="timed PPO iterations")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed PPO iterations first")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = worker_parser(__doc__.split("\n")[0])
     parser.add_argument("--train-encoder", action="store_true", help="train the encoders' adapters too (as TRL does)")
     args = parser.parse_args()
 

@@ -42,7 +42,6 @@ response (EOS included, T5's decoder-start token not) over the timed iterations.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -50,6 +49,8 @@ import resource
 import time
 import warnings
 from importlib import metadata
+
+from ppo_worker_args import worker_parser  # beside this script
 
 BATCH = 16
 PROMPT_TOKENS = 48
@@ -63,12 +64,7 @@ THE = re.compile(r"\bthe\b", re.IGNORECASE)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="T5 folder (save_pretrained, with its tokenizer)")
-    parser.add_argument("--data", required=True, help="JSONL of prompts, column 'document'")
-    parser.add_argument("--iterations", type=int, required=True, help="timed PPO iterations")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed PPO iterations first")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = worker_parser(__doc__.split("\n")[0])
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # TRL 0.11.4 warns that PPOTrainer/PPOConfig are deprecated, and more
     # bitsandbytes logs "MatMul8bitLt: inputs will be cast ..." on every int8 matmul on the CPU (hundreds of

@@ -111,8 +111,12 @@ def describe(recipe: recipes.Recipe, read_data: bool = True) -> list[tuple[str, 
     for name in recipe.stages:
         section = getattr(recipe, name)
         status = " [done]" if folder.is_done(name, recipe.stage_hash(name)) else ""
-        what = (f"lr {section.learning_rate:g}, batch {section.batch_size}, epochs {section.epochs:g}"
-                + (f", max {section.max_steps} steps" if section.max_steps else "") + status)
+        if name == "ppo":
+            what = (f"lr {section.policy_learning_rate:g} (value {section.value_learning_rate:g}), "
+                    f"{section.iterations} iterations of {section.batch_size} prompts, beta {section.beta:g}" + status)
+        else:
+            what = (f"lr {section.learning_rate:g}, batch {section.batch_size}, epochs {section.epochs:g}"
+                    + (f", max {section.max_steps} steps" if section.max_steps else "") + status)
         files = section.data.files
         summary = ", ".join(files)
         if read_data:

@@ -358,6 +358,8 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
         if ppo.micro_batch_size and ppo.minibatch_size % ppo.micro_batch_size:
             found.append(("ppo.micro_batch_size",
                           f"must divide ppo.minibatch_size ({ppo.minibatch_size}), got {ppo.micro_batch_size}"))
+        if ppo.data.eval_fraction == 0 and not ppo.data.eval_files:
+            found.append(("ppo.data", "needs held-out prompts for its checks: set eval_fraction > 0 or eval_files"))
         if ppo.reward_judge is not None and ppo.reward_judge not in recipe.judges:
             found.append(("ppo.reward_judge", f"names no judge in `judges` ({', '.join(recipe.judges) or 'none'})"))
         criteria = ["reward", "rouge_l", *recipe.judges]

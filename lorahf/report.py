@@ -41,8 +41,8 @@ def checks(metrics: dict[str, dict]) -> list[Check]:
     ppo = metrics.get("ppo")
     if ppo:
         found.append(Check("ppo", "raised the reward of held-out answers over SFT's",
-                           f"{ppo['reward_sft']:.3f} -> {ppo['reward_policy']:.3f} on {ppo['eval_prompts']} prompts "
-                           f"(best of {ppo['iterations']} iterations: {ppo['best_iteration']})",
+                           f"{ppo['reward_sft']:.3f} -> {ppo['reward_policy']:.3f}, win rate {ppo['win_rate_by_reward']:.2f} "
+                           f"on {ppo['eval_prompts']} prompts (iteration {ppo['best_iteration']} of {ppo['iterations']})",
                            ppo["reward_policy"] > ppo["reward_sft"]))
         for judge in _judges(ppo, suffix="_win_rate_vs_sft"):
             found.append(Check("ppo", f"the {judge} judge prefers PPO answers to SFT's",

@@ -151,8 +151,10 @@ def test_failed_reward_gate_blocks_ppo_unless_allowed(tmp_path, tiny_model_dir):
 
 def test_ppo_recipe_checks_gather_every_problem(tmp_path, tiny_model_dir):
     with pytest.raises(LorahfError) as error:
-        _recipe(tmp_path, tiny_model_dir, minibatch_size=3, reward_judge="nope", best_by="rouge")
+        _recipe(tmp_path, tiny_model_dir, minibatch_size=3, reward_judge="nope", best_by="rouge",
+                data={"files": ["prompts.jsonl"], "eval_fraction": 0})
     problems = error.value.problems
     assert any("ppo.minibatch_size" in p and "divide ppo.batch_size (8)" in p for p in problems)
     assert any("ppo.reward_judge" in p for p in problems)
     assert any("ppo.best_by" in p and "reward, rouge_l, count" in p for p in problems)
+    assert any("ppo.data" in p and "held-out prompts" in p for p in problems)

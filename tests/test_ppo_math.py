@@ -126,3 +126,23 @@ def test_adaptive_kl_controller_moves_beta_toward_the_target_and_is_bounded():
     restored = AdaptiveKLController(0.0, 1.0)
     restored.load_state_dict(controller.state_dict())
     assert restored.state_dict() == controller.state_dict()
+
+
+def test_iteration_alarms_fire_on_negative_kl_high_kl_and_length_drift_only():
+    from lorahf.ppo.alarms import iteration_alarms
+
+    assert iteration_alarms(kl=0.5, kl_limit=3.0, length=9.0, sft_length=8.0, length_tolerance=0.5) == []
+    assert iteration_alarms(kl=-0.5, kl_limit=3.0, length=8.0, sft_length=8.0, length_tolerance=0.5) == ["negative_kl"]
+    assert iteration_alarms(kl=-0.05, kl_limit=3.0, length=8.0, sft_length=8.0, length_tolerance=0.5) == []  # noise
+    assert iteration_alarms(kl=4.0, kl_limit=3.0, length=8.0, sft_length=8.0, length_tolerance=0.5) == ["kl_high"]
+    assert iteration_alarms(kl=1.0, kl_limit=3.0, length=13.0, sft_length=8.0, length_tolerance=0.5) == ["length_drift"]
+    assert iteration_alarms(kl=1.0, kl_limit=3.0, length=3.0, sft_length=8.0, length_tolerance=0.5) == ["length_drift"]
+
+
+def test_reward_hacking_alarm_needs_reward_up_and_rouge_down():
+    from lorahf.ppo.alarms import held_out_alarms
+
+    assert held_out_alarms(reward=1.0, rouge=0.60, start_reward=0.5, start_rouge=0.70) == ["reward_hacking"]
+    assert held_out_alarms(reward=1.0, rouge=0.68, start_reward=0.5, start_rouge=0.70) == []  # within noise
+    assert held_out_alarms(reward=0.4, rouge=0.60, start_reward=0.5, start_rouge=0.70) == []  # reward fell too
+    assert held_out_alarms(reward=1.0, rouge=None, start_reward=0.5, start_rouge=None) == []  # no references

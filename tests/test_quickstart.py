@@ -1,4 +1,4 @@
-"""The README's quickstart, run as a user runs it: `lorahf run recipes/quickstart.yaml` (about 6 minutes)."""
+"""The README's quickstart, run as a user runs it: `lorahf run recipes/quickstart.yaml` (about 12 minutes)."""
 
 from __future__ import annotations
 

@@ -298,7 +298,7 @@ def compare_with_sft(backbone, held_out: HeldOut, scorer, spec, max_new_tokens: 
     sft, policy = answers[REFERENCE], answers[POLICY]
     wins = win_rate(policy["rewards"], sft["rewards"])
     metrics = {"eval_prompts": len(held_out.prompt_ids), "reward_sft": mean(sft["rewards"]),
-               "reward_policy": mean(policy["rewards"]), "reward_win_rate_vs_sft": wins["win_rate"],
+               "reward_policy": mean(policy["rewards"]), "win_rate_by_reward": wins["win_rate"],
                "kl": mean(policy["kl"]), "length_sft": mean(sft["lengths"]), "length_policy": mean(policy["lengths"])}
     if held_out.references:
         metrics["rouge_l_sft"] = rouge_l(sft["texts"], held_out.references)
