@@ -1,6 +1,6 @@
 """One PPO rollout on the shared Backbone: generate with `policy`, then read every frozen quantity.
 
-    rollout = collect(backbone, prompt_ids, spec, max_new_tokens)
+    rollout = collect(backbone, prompt_ids, prompts, ModelScorer(), temperature, top_k, max_new_tokens)
 
 Generation runs in eval mode (no dropout) with the KV cache. The frozen readings (the reward's score,
 the reference's and the rollout policy's log-probs, the value's estimates) never change during the

@@ -3,7 +3,7 @@
 Both adapters train at once, so the Backbone (not peft's `set_adapter`) owns `requires_grad`:
 switching to `value` for its forward pass must not freeze `policy` before the backward pass
 (shared/DESIGN.md, "Loading the base"). Dropout stays off: the model is in eval mode throughout, so
-the first minibatch's ratio is exactly 1.
+the first minibatch's ratio is 1 up to rounding (the rollout's log-probs come from generation).
 """
 
 from __future__ import annotations

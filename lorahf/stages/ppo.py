@@ -82,6 +82,9 @@ def run(recipe, backbone, folder, progress) -> dict:
                        list(eval_rows["reference"]) if "reference" in eval_rows.column_names else None)
     progress.note(f"ppo prompts: {len(train_prompts)} for rollouts ({cut} truncated), {len(held_out.prompts)} "
                   f"held out{' with references' if held_out.references else ''}")
+    if spec.best_by == "rouge_l" and not held_out.references:
+        raise LorahfError("ppo.best_by is rouge_l, but the held-out prompts have no `reference` column",
+                          hint="map one with ppo.data.columns, or pick best_by: reward")
     judges = {judge.name: judge for judge in load_judges(recipe)}
     scorer = JudgeScorer(judges[spec.reward_judge]) if spec.reward_judge else ModelScorer()
 
