@@ -45,11 +45,11 @@ def checks(metrics: dict[str, dict]) -> list[Check]:
                            f"on {ppo['eval_prompts']} prompts (iteration {ppo['best_iteration']} of {ppo['iterations']})",
                            ppo["reward_policy"] > ppo["reward_sft"]))
         for judge in _judges(ppo, suffix="_win_rate_vs_sft"):
+            low, high = ppo[judge + "_win_rate_low"], ppo[judge + "_win_rate_high"]
             found.append(Check("ppo", f"the {judge} judge prefers PPO answers to SFT's",
                                f"score {ppo[judge + '_score_sft']:.2f} -> {ppo[judge + '_score_policy']:.2f}, win rate "
-                               f"{ppo[judge + '_win_rate_vs_sft']:.2f} [{ppo[judge + '_win_rate_low']:.2f}, "
-                               f"{ppo[judge + '_win_rate_high']:.2f}]",
-                               ppo[judge + "_win_rate_vs_sft"] > 0.5))
+                               f"{ppo[judge + '_win_rate_vs_sft']:.2f} [{low:.2f}, {high:.2f}]",
+                               _significant(low, high)))
         found.append(Check("ppo", "stayed close to SFT (bounded KL)",
                            f"KL {ppo['kl']:.2f} nats per answer (alarm above {ppo['kl_limit']:.1f})",
                            ppo["kl"] <= ppo["kl_limit"]))
@@ -58,6 +58,11 @@ def checks(metrics: dict[str, dict]) -> list[Check]:
                            ", ".join(f"{name} x{count}" for name, count in alarms.items()) or "none",
                            None if alarms else True))
     return found
+
+
+def _significant(low: float, high: float) -> bool | None:
+    """A win rate's verdict from its 95 % interval: True above 0.5, False below, None (shown as -) across it."""
+    return True if low > 0.5 else False if high < 0.5 else None
 
 
 def _judges(metrics: dict, suffix: str) -> list[str]:
