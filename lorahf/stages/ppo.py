@@ -282,9 +282,12 @@ def answer(backbone, role: str, prompt_ids: list[list[int]], prompts: list[str],
                                                          temperature=spec.temperature, top_k=spec.top_k)
         mask = (torch.arange(responses.shape[1], device=responses.device)[None, :] < lengths[:, None]).long()
         batch = Seq2SeqBatch(encoded.input_ids, encoded.attention_mask, responses, mask, lengths)
-        log_p = torch.log_softmax(backbone.use(role).response_logits(batch).float() / spec.temperature, -1)
-        log_q = torch.log_softmax(backbone.use(REFERENCE).response_logits(batch).float() / spec.temperature, -1)
-        kl = ((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum(1)
+        if role == REFERENCE:
+            kl = torch.zeros(len(lengths))
+        else:
+            log_p = torch.log_softmax(backbone.use(role).response_logits(batch).float() / spec.temperature, -1)
+            log_q = torch.log_softmax(backbone.use(REFERENCE).response_logits(batch).float() / spec.temperature, -1)
+            kl = ((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum(1)
         out["rewards"] += scorer(backbone, prompts[start:start + ANSWER_BATCH], batch).tolist()
         out["texts"] += backbone.tokenizer.batch_decode(responses, skip_special_tokens=True)
         out["lengths"] += lengths.tolist()
