@@ -70,7 +70,71 @@ def run(recipe: str, stage: str | None, from_stage: str | None, overrides: tuple
     result = run_pipeline(recipe, stage=stage, from_stage=from_stage, overrides=list(overrides),
                           progress=RichProgress(errors))
     console.print(_summary_table(result))
-    console.print(f"run folder: [bold]{result.folder.root}[/bold]")
+    console.print(f"run folder: [bold]{result.folder.root}[/bold]   report: [bold]{result.report}[/bold]")
+
+
+@main.command("eval")
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--adapter", "adapters", multiple=True,
+              help="Adapters to answer, the first the baseline (repeatable; default: the recipe's, else sft and policy).")
+@click.option("--judge", "judges", multiple=True, help="Judges to compare with (repeatable; default: all but people).")
+@friendly
+def evaluate(run_dir: str, adapters: tuple[str, ...], judges: tuple[str, ...]) -> None:
+    """Evaluate a run's adapters on held-out prompts: ROUGE, BLEU, METEOR, reward, KL, judged win rates.
+
+    \b
+    Example:
+      lorahf eval runs/quickstart --adapter sft --adapter policy --adapter policy-last
+    """
+    from lorahf.pipeline import evaluate as evaluate_run
+    from lorahf.progress import RichProgress
+
+    result = evaluate_run(run_dir, list(adapters) or None, list(judges) or None, progress=RichProgress(errors))
+    console.print(_summary_table(result))
+    console.print(f"report: [bold]{result.report}[/bold]")
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--judge", "judge_name", required=True, help="A judge of the run's recipe (a person, too), or reward.")
+@click.option("--a", "a", default="sft", show_default=True, help="One adapter whose answers are judged.")
+@click.option("--b", "b", default="policy", show_default=True, help="The other adapter.")
+@click.option("--n", "n", default=50, show_default=True, help="Held-out prompts to judge.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Preference JSONL to append to (the reward stage reads it; judging resumes from it).")
+@friendly
+def judge(run_dir: str, judge_name: str, a: str, b: str, n: int, out: str) -> None:
+    """Judge two adapters' answers; every verdict becomes a preference row for the next reward model.
+
+    \b
+    Example:
+      lorahf judge runs/quickstart --judge human --a sft --b policy --n 50 --out prefs.round2.jsonl
+    """
+    from lorahf.pipeline import judge as judge_run
+    from lorahf.progress import RichProgress
+
+    counts = judge_run(run_dir, judge_name, a, b, n, out, progress=RichProgress(errors))
+    console.print(f"{counts['total_judged']} judged in [bold]{out}[/bold] "
+                  + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if k != "total_judged")
+                  + " this time")
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@friendly
+def report(run_dir: str) -> None:
+    """Write RUN/report.md and its plots from what the run has done so far.
+
+    \b
+    Example:
+      lorahf report runs/quickstart
+    """
+    from lorahf.pipeline import load_run
+    from lorahf.report import write_report
+    from lorahf.runs import RunFolder
+
+    path = write_report(RunFolder(load_run(run_dir).run_dir))
+    console.print(f"report: [bold]{path}[/bold]")
 
 
 @main.command()

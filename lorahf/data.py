@@ -79,6 +79,7 @@ SHAPES: dict[str, tuple[Layout, ...]] = {
     # Prompts for PPO rollouts and evaluation; `reference` is a human answer to compare against.
     "prompts": (Layout("prompts", {"prompt": TEXT, "reference": TEXT}, optional=frozenset({"reference"})),),
 }
+TIE_COLUMN = "tie"  # judgement files (lorahf judge) mark a tie so; such rows are not trained on
 _COLUMNS_HINT = (
     "map your file's column names to lorahf's with the recipe's `columns:` setting, "
     "e.g. `columns: {prompt: document, response: summary}`"
@@ -95,7 +96,8 @@ def load_rows(
     """Load every source, keep only the canonical columns of `shape`, and check every row.
 
     `columns` maps a canonical column to the user's column name ({"prompt": "document"}); a canonical
-    column not in it is looked up under its own name. All sources must have the same layout (for
+    column not in it, or not in a file under its mapped name, is looked up under its own name. Pairwise
+    rows whose `tie` column is true (a judge saw no difference) are left out. All sources must have the same layout (for
     preference data: the same one of pairwise, ranking, score). Returns one Dataset with the canonical
     columns only, typed as in `_FEATURE_OF_KIND`. Raises a one-line DataError for the first problem in
     a file, counting the other rows with problems in that file, so a user can fix it in one go.
@@ -112,6 +114,9 @@ def load_rows(
     for source in sources:
         table = load_table(source)
         layout = _choose_layout(source, shape, table.column_names, columns)
+        if layout.name == "pairwise" and TIE_COLUMN in table.column_names:
+            with _quiet_datasets():  # judged ties prefer neither response
+                table = table.filter(lambda tie: not tie, input_columns=TIE_COLUMN, keep_in_memory=True)
         names = _map_columns(source, layout, table.column_names, columns)
         loaded.append((source, layout, _checked_columns(source, layout, table, names)))
 
@@ -161,7 +166,7 @@ def _choose_layout(source: str, shape: str, file_columns: list[str], columns: Ma
         canonical
         for layout in layouts
         for canonical in layout.columns
-        if columns.get(canonical, canonical) in file_columns
+        if columns.get(canonical, canonical) in file_columns or canonical in file_columns
     }
     fitting = [layout for layout in layouts if layout.required <= present]
     if len(fitting) == 1:
@@ -183,6 +188,8 @@ def _map_columns(
     names, missing = {}, []
     for canonical in layout.columns:
         name = columns.get(canonical, canonical)
+        if name not in file_columns and canonical in file_columns:
+            name = canonical  # a file lorahf wrote (judgements) beside the user's own, under one `columns:`
         if name in file_columns:
             names[canonical] = name
         elif canonical in layout.required or canonical in columns:

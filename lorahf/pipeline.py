@@ -18,6 +18,7 @@ from lorahf import recipe as recipes
 from lorahf.backbone import Backbone
 from lorahf.errors import LorahfError
 from lorahf.progress import Progress
+from lorahf.report import write_report
 from lorahf.runs import RunFolder, write_text
 
 
@@ -28,6 +29,7 @@ class RunResult:
     skipped: list[str] = field(default_factory=list)
     metrics: dict[str, dict] = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
+    report: Path | None = None  # report.md
 
 
 def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stage: str | None = None,
@@ -64,6 +66,7 @@ def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stag
         result.memory = backbone.memory_report().as_dict()
     finally:
         backbone.close()
+    result.report = write_report(folder)
     return result
 
 
@@ -96,7 +99,7 @@ def ensure_base(recipe: recipes.Recipe, progress: Progress) -> None:
     make_tiny(source, recipe.model.name)
 
 
-STAGE_DATA_SHAPES = {"sft": "sft", "reward": "preference", "ppo": "prompts"}
+STAGE_DATA_SHAPES = {"sft": "sft", "reward": "preference", "ppo": "prompts", "evaluate": "prompts"}
 """The shape of data each stage reads (see lorahf.data.SHAPES)."""
 
 
@@ -111,7 +114,13 @@ def describe(recipe: recipes.Recipe, read_data: bool = True) -> list[tuple[str, 
     for name in recipe.stages:
         section = getattr(recipe, name)
         status = " [done]" if folder.is_done(name, recipe.stage_hash(name)) else ""
-        if name == "ppo":
+        if name == "evaluate":
+            what = (f"{', '.join(section.adapters or ['sft', 'policy'])} on {section.max_prompts} held-out prompts, "
+                    f"judges: {', '.join(section.judges or ['reward', *recipe.judges])}" + status)
+            if section.data is None:
+                rows.append((name, what, "the ppo stage's held-out prompts"))
+                continue
+        elif name == "ppo":
             what = (f"lr {section.policy_learning_rate:g} (value {section.value_learning_rate:g}), "
                     f"{section.iterations} iterations of {section.batch_size} prompts, beta {section.beta:g}" + status)
         else:
@@ -124,3 +133,65 @@ def describe(recipe: recipes.Recipe, read_data: bool = True) -> list[tuple[str, 
             summary = f"{len(rows_loaded)} rows from {summary}"
         rows.append((name, what, summary))
     return rows
+
+
+# ------------------------------------------------------------------------------------ an existing run
+def load_run(run_dir: str | Path) -> recipes.Recipe:
+    """The resolved recipe a run folder was made with, pointed at that folder wherever it now is."""
+    root = Path(run_dir)
+    path = RunFolder(root).recipe_path
+    if not path.is_file():
+        raise LorahfError(f"{root}: not a run folder (no recipe.yaml)", hint="give the folder `lorahf run` printed")
+    recipe = recipes.load(path)
+    recipe.output_dir, recipe.name = str(root.parent), root.name
+    return recipe
+
+
+def evaluate(run_dir: str | Path, adapters: list[str] | None = None, judges: list[str] | None = None,
+             progress: Progress | None = None) -> RunResult:
+    """Run (or rerun) the evaluate stage of a finished run, with the recipe's settings or these."""
+    recipe = load_run(run_dir)
+    section = recipe.evaluate or recipes.EvaluateStage()
+    section = section.model_copy(update={k: v for k, v in (("adapters", adapters), ("judges", judges)) if v})
+    raw = recipe.model_dump(mode="json")
+    raw["evaluate"] = section.model_dump(mode="json")
+    raw["stages"] = [s for s in recipe.stages if s != "evaluate"] + ["evaluate"]
+    return run(recipes.validate(raw, source=str(RunFolder(run_dir).recipe_path)), stage="evaluate", progress=progress)
+
+
+def judge(run_dir: str | Path, judge_name: str, a: str, b: str, n: int, out: str | Path,
+          progress: Progress | None = None) -> dict[str, int]:
+    """Put `n` held-out prompts' answers by adapters `a` and `b` in front of a judge (a person too), appending
+    each verdict to the preference file `out`; items judged there already are skipped, so it resumes."""
+    from lorahf.judge import PreferenceFile, build_judges
+    from lorahf.stages.evaluate import answer_prompts, held_out_prompts
+    from lorahf.training import ensure_adapter
+
+    progress = progress or Progress()
+    recipe = load_run(run_dir)
+    folder = RunFolder(recipe.run_dir)
+    out = PreferenceFile(out)
+    backbone = Backbone.load(recipe.model.name, recipe.model.quantization, recipe.model.device)
+    try:
+        for role in dict.fromkeys((a, b, "reward" if judge_name == "reward" else a)):
+            ensure_adapter(backbone, folder, role, needed_by="judge")
+        chosen = build_judges(recipe, backbone, names=[judge_name], interactive=True)[judge_name]
+        prompts = held_out_prompts(recipe, n, backbone.tokenizer)
+        with progress.task(f"answers by {a} and {b}", total=2) as bar:
+            texts = {}
+            for role in (a, b):
+                texts[role] = answer_prompts(backbone, recipe, role, prompts)["texts"]
+                bar.advance()
+        items = [{"prompt": p, "a": x, "b": y, "a_by": a, "b_by": b}
+                 for p, x, y in zip(prompts.texts, texts[a], texts[b])]
+        if chosen.interactive:
+            return chosen.session(items, out)
+        pending = [item for item in items if not out.has(item)]
+        verdicts = chosen.compare([i["prompt"] for i in pending], [i["a"] for i in pending], [i["b"] for i in pending])
+        for item, verdict in zip(pending, verdicts):
+            if verdict is not None:
+                out.append(item, verdict, judge_name)
+        judged = sum(v is not None for v in verdicts)
+        return {"judged": judged, "no_verdict": len(pending) - judged, "total_judged": len(items) - len(pending) + judged}
+    finally:
+        backbone.close()

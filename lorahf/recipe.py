@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lorahf.errors import RecipeError
 
-STAGES = ("sft", "reward", "ppo")
+STAGES = ("sft", "reward", "ppo", "evaluate")
 """The stages a recipe may list, in the only order they can run."""
 
 T5_LINEAR_LAYERS = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
@@ -221,9 +221,71 @@ class PPOStage(Section):
     """Run even when the reward stage's quality gate failed (its held-out accuracy was below reward.min_accuracy)."""
 
 
+class EvaluateStage(Section):
+    """Answers of each adapter on held-out prompts, measured against references and compared by judges."""
+    data: DataSpec | None = None
+    """Held-out prompts (column `prompt`, optional `reference`); None: the ppo stage's held-out prompts."""
+    adapters: list[str] | None = Field(None, min_length=1)
+    """Adapters that answer; every other one is compared with the first (e.g. [sft, policy, policy-last]).
+    None: sft and policy, or sft alone when the recipe has no ppo stage."""
+    judges: list[str] | None = None
+    """Judges that compare the answers; None: `reward` and every judge in `judges` that needs no person."""
+    max_prompts: int = Field(200, ge=1)
+    """Held-out prompts answered (the first N)."""
+    greedy: bool = False
+    """Answer greedily; off: sample at `temperature` from a fixed seed, the distribution PPO optimised
+    (greedy answers hide most of what PPO changed on the tiny quickstart)."""
+    temperature: float = Field(0.7, gt=0)
+    """Sampling temperature when not greedy; also the temperature of the KL to sft (ppo.temperature's default)."""
+    batch_size: int = Field(64, ge=1)
+    """Prompts per generation batch."""
+
+
+LLM_TEMPLATE = (
+    "Which response answers the request better? Reply with exactly one word: A, B or TIE.\n\n"
+    "Request:\n{prompt}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n")
+
+
+class LLMJudgeSpec(Section):
+    base_url: str
+    """An OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or a local vLLM's http://127.0.0.1:8000/v1."""
+    model: str
+    """The model name the endpoint serves."""
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """Environment variable holding the key (a key never goes into a recipe); null for an endpoint without keys."""
+    template: str = LLM_TEMPLATE
+    """The question, with {prompt}, {a} and {b}; the reply's first A, B or TIE is the verdict."""
+    position_bias: Literal["both", "random"] = "both"
+    """`both`: ask in both orders, a verdict only when they agree (else tie); `random`: one call, random order, recorded."""
+    temperature: float = Field(0.0, ge=0)
+    """Sampling temperature of the judge model; 0 for repeatable verdicts."""
+    max_tokens: int = Field(8, ge=1)
+    """Reply length limit: the verdict is one word."""
+    timeout: float = Field(60.0, gt=0)
+    """Seconds per request before it counts as failed (then retried)."""
+    max_retries: int = Field(3, ge=0)
+    """Retries of a failed or timed-out request (with backoff, by the openai client); then the item gets no verdict."""
+    concurrency: int = Field(4, ge=1)
+    """Requests in flight at once."""
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_fields(cls, value: str) -> str:
+        missing = [f"{{{name}}}" for name in ("prompt", "a", "b") if f"{{{name}}}" not in value]
+        if missing:
+            raise ValueError(f"must contain {', '.join(missing)}")
+        return value
+
+
 class JudgeSpec(Section):
-    python: str
-    """A scoring function of yours, `module:function` or `path/to/file.py:function`, called as f(prompt, response) -> float."""
+    """Exactly one of python, llm or human."""
+    python: str | None = None
+    """Your function, `module:function` or `path/to/file.py:function`: f(prompt, response) -> float scores a
+    response (PPO can train on it); f(prompt, a, b) -> 'a' | 'b' | 'tie' compares two."""
+    llm: LLMJudgeSpec | None = None
+    """An LLM behind an OpenAI-compatible chat endpoint."""
+    human: bool = False
+    """A person at the terminal (`lorahf judge RUN --judge NAME`); never run unattended by `lorahf run`."""
 
 
 # ------------------------------------------------------------------------------------------- recipe
@@ -244,16 +306,18 @@ class Recipe(Section):
     """Longer prompts are truncated (and counted in the data summary)."""
     max_response_tokens: int = Field(64, ge=2)
     """Longer responses are truncated (and counted); also the generation limit."""
-    stages: list[Literal["sft", "reward", "ppo"]] = Field(default_factory=lambda: list(STAGES))
+    stages: list[Literal["sft", "reward", "ppo", "evaluate"]] = Field(default_factory=lambda: list(STAGES))
     """Stages to run, in order."""
     judges: dict[str, JudgeSpec] = Field(default_factory=dict)
-    """Named judges that score responses in the stage reports (e.g. the example's gold judge)."""
+    """Named judges (python, llm or human) that compare responses; `reward`, the trained reward model, is built in."""
     sft: SFTStage | None = None
     """Supervised fine-tuning of the `sft` adapter."""
     reward: RewardStage | None = None
     """Reward model: the `reward` adapter plus a scalar head."""
     ppo: PPOStage | None = None
     """PPO: the `policy` and `value` adapters, trained against the frozen `reward` with a KL penalty to `sft`."""
+    evaluate: EvaluateStage | None = None
+    """Evaluation: ROUGE, BLEU, METEOR, reward, KL and judged win rates of the adapters on held-out prompts."""
 
     @field_validator("prompt_template")
     @classmethod
@@ -272,9 +336,10 @@ class Recipe(Section):
         A finished stage is skipped only when its marker holds this same hash."""
         shared = self.model_dump(mode="json", include={"seed", "model", "prompt_template",
                                                         "max_prompt_tokens", "max_response_tokens"})
-        roles = {"sft": ["sft"], "reward": ["reward"], "ppo": ["sft", "reward"]}[stage]
+        roles = {"sft": ["sft"], "reward": ["reward"], "ppo": ["sft", "reward"], "evaluate": []}[stage]
         parts = {"shared": shared, "lora": [self.lora.model_dump(mode="json")[role] for role in roles],
                  "stage": getattr(self, stage).model_dump(mode="json"),
+                 **({"judges": self.model_dump(mode="json")["judges"]} if stage == "evaluate" else {}),
                  "upstream": [self.stage_hash(up) for up in UPSTREAM[stage] if up in self.stages]}
         return _hash(parts)
 
@@ -284,7 +349,7 @@ class Recipe(Section):
         return _hash(self.model_dump(mode="json", exclude={"name", "output_dir"}))
 
 
-UPSTREAM = {"sft": [], "reward": ["sft"], "ppo": ["sft", "reward"]}
+UPSTREAM = {"sft": [], "reward": ["sft"], "ppo": ["sft", "reward"], "evaluate": ["sft", "reward", "ppo"]}
 """Which stages' outputs each stage starts from."""
 
 
@@ -351,6 +416,23 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
         found.append(("stages", f"must run in the order {order}, not {recipe.stages}"))
     if len(set(recipe.stages)) != len(recipe.stages):
         found.append(("stages", "lists a stage twice"))
+    for name, judge in recipe.judges.items():
+        given = [kind for kind in ("python", "llm", "human") if getattr(judge, kind)]
+        if len(given) != 1:
+            found.append((f"judges.{name}", f"needs exactly one of python, llm or human, got {', '.join(given) or 'none'}"))
+    if "reward" in recipe.judges:
+        found.append(("judges.reward", "is the built-in reward-model judge's name; pick another"))
+    evaluate = recipe.evaluate
+    if evaluate is not None:
+        if evaluate.data is None and recipe.ppo is None:
+            found.append(("evaluate.data", "is needed when the recipe has no ppo section to take held-out prompts from"))
+        if evaluate.judges:
+            unknown = [name for name in evaluate.judges if name != "reward" and name not in recipe.judges]
+            if unknown:
+                found.append(("evaluate.judges", f"names no judge in `judges`: {', '.join(unknown)}"))
+            people = [name for name in evaluate.judges if name in recipe.judges and recipe.judges[name].human]
+            if people:
+                found.append(("evaluate.judges", f"{', '.join(people)} is a person: judge with `lorahf judge RUN` instead"))
     ppo = recipe.ppo
     if ppo is not None:
         if ppo.batch_size % ppo.minibatch_size:

@@ -75,7 +75,8 @@ def test_validate_quickstart_prints_what_will_run(monkeypatch):
     quickstart = recipes.load("recipes/quickstart.yaml")
     assert list(rows) == ["model", *quickstart.stages], result.stdout
     assert "models/tiny-t5" in rows["model"] and "8bit" in rows["model"]
-    for stage in quickstart.stages:
+    assert "ppo stage's held-out prompts" in rows["evaluate"] and "gold" in rows["evaluate"]
+    for stage in ("sft", "reward", "ppo"):
         files = getattr(quickstart, stage).data.files
         count = sum(len(Path(file).read_text().splitlines()) for file in files)  # JSONL: one row a line
         assert f"{count} rows from {', '.join(files)}" in rows[stage], rows[stage]

@@ -26,14 +26,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from lorahf.data import Seq2SeqBatch, collate, encode_prompts
+from lorahf.data import encode_prompts
 from lorahf.errors import LorahfError
-from lorahf.judge import load_judges
+from lorahf.judge import scoring_judges
 from lorahf.metrics import rouge_l, win_rate
 from lorahf.ppo.alarms import held_out_alarms, iteration_alarms
 from lorahf.ppo.math import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_estimate,
                              masked_mean, token_rewards, whiten)
-from lorahf.ppo.rollout import POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, ModelScorer, collect
+from lorahf.ppo.rollout import POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, ModelScorer, answers, collect
 from lorahf.ppo.update import make_optimizer, train_on
 from lorahf.runs import atomic_path
 from lorahf.training import ensure_adapter, index_batches, load_stage_data, mean
@@ -85,7 +85,12 @@ def run(recipe, backbone, folder, progress) -> dict:
     if spec.best_by == "rouge_l" and not held_out.references:
         raise LorahfError("ppo.best_by is rouge_l, but the held-out prompts have no `reference` column",
                           hint="map one with ppo.data.columns, or pick best_by: reward")
-    judges = {judge.name: judge for judge in load_judges(recipe)}
+    judges = scoring_judges(recipe)
+    for field_name in ("reward_judge", "best_by"):
+        name = getattr(spec, field_name)
+        if name in recipe.judges and name not in judges:
+            raise LorahfError(f"ppo.{field_name}: judge '{name}' does not score single responses",
+                              hint="name a python judge f(prompt, response) -> float")
     scorer = JudgeScorer(judges[spec.reward_judge]) if spec.reward_judge else ModelScorer()
 
     # 2. Adapters: fresh copies, or the last checkpoint
@@ -266,34 +271,10 @@ def samples(check: dict, held_out: HeldOut, spec, iteration: int) -> list[dict]:
             for i in range(shown)]
 
 
-@torch.no_grad()
 def answer(backbone, role: str, prompt_ids: list[list[int]], prompts: list[str], scorer, spec,
            max_new_tokens: int) -> dict:
-    """Answers of `role` (greedy, or sampled from a fixed seed), their reward, length and the exact
-    KL(role || sft) of the next-token distributions along them, summed over their tokens."""
-    out = {"texts": [], "rewards": [], "lengths": [], "kl": []}
-    backbone.model.eval()
-    generator_state = torch.get_rng_state()
-    torch.manual_seed(EVAL_SEED)  # sft and policy answer from the same random stream
-    for start in range(0, len(prompt_ids), ANSWER_BATCH):
-        encoded = collate(prompt_ids[start:start + ANSWER_BATCH], None, backbone.tokenizer.pad_token_id)
-        encoded = encoded.to(backbone.device)
-        responses, lengths = backbone.use(role).generate(encoded, max_new_tokens, do_sample=not spec.eval_greedy,
-                                                         temperature=spec.temperature, top_k=spec.top_k)
-        mask = (torch.arange(responses.shape[1], device=responses.device)[None, :] < lengths[:, None]).long()
-        batch = Seq2SeqBatch(encoded.input_ids, encoded.attention_mask, responses, mask, lengths)
-        if role == REFERENCE:
-            kl = torch.zeros(len(lengths))
-        else:
-            log_p = torch.log_softmax(backbone.use(role).response_logits(batch).float() / spec.temperature, -1)
-            log_q = torch.log_softmax(backbone.use(REFERENCE).response_logits(batch).float() / spec.temperature, -1)
-            kl = ((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum(1)
-        out["rewards"] += scorer(backbone, prompts[start:start + ANSWER_BATCH], batch).tolist()
-        out["texts"] += backbone.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        out["lengths"] += lengths.tolist()
-        out["kl"] += kl.tolist()
-    torch.set_rng_state(generator_state)
-    return out
+    return answers(backbone, role, prompt_ids, prompts, scorer, max_new_tokens, greedy=spec.eval_greedy,
+                   temperature=spec.temperature, top_k=spec.top_k, batch_size=ANSWER_BATCH, seed=EVAL_SEED)
 
 
 def compare_with_sft(backbone, held_out: HeldOut, scorer, spec, max_new_tokens: int, judges: dict,

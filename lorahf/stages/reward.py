@@ -11,7 +11,8 @@ response's last (EOS) position. The loss follows the data's shape:
     1. load preferences (held-out split), group each prompt's responses and their ordered pairs
     2. the `reward` adapter starts as a copy of `sft` (the standard choice) with a fresh head
     3. loop; every `eval_every` steps the held-out accuracy; the best adapter is saved
-    4. centre: set the head's offset so that the SFT data's own responses score 0 on average
+    4. centre: set the head's offset so that the SFT data's own responses score 0 on average; samples/reward.jsonl
+       keeps every held-out pair's margin
     5. the quality gate: held-out accuracy against `min_accuracy`
 """
 
@@ -107,6 +108,8 @@ def run(recipe, backbone, folder, progress) -> dict:
     offset = centre(backbone, sft_responses(recipe, backbone.tokenizer, train))
     backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
 
+    folder.write_samples(ROLE, held_out_samples(backbone, held_out, eval_rows, data_format, spec.batch_size))
+
     # 5. The gate
     gate = "pass" if best["accuracy"] >= spec.min_accuracy else "fail"
     progress.note(f"reward: held-out accuracy {best['accuracy']:.3f} on {best['pairs']} pairs "
@@ -195,9 +198,31 @@ def evaluate(backbone, groups: Groups, batch_size: int) -> dict:
         scores += score_responses(backbone, groups, list(range(start, min(start + batch_size, len(groups)))))
     if groups.targets is not None:
         return _regression_metrics(torch.cat(scores).cpu(), torch.tensor([t for ts in groups.targets for t in ts]))
-    margins = torch.cat([s[[b for b, _ in p]] - s[[w for _, w in p]] for s, p in zip(scores, groups.pairs) if p])
+    margins = pair_margins(scores, groups)
     accuracy = ((margins > 0).float() + 0.5 * (margins == 0).float()).mean().item()
     return {"accuracy": accuracy, "margin": margins.mean().item(), "pairs": int(margins.numel())}
+
+
+def pair_margins(scores: list[torch.Tensor], groups: Groups) -> torch.Tensor:
+    """r_better - r_worse of every ordered pair, group after group."""
+    return torch.cat([s[[b for b, _ in p]] - s[[w for _, w in p]] for s, p in zip(scores, groups.pairs) if p])
+
+
+@torch.no_grad()
+def held_out_samples(backbone, groups: Groups, rows, data_format: str, batch_size: int) -> list[dict]:
+    """One row per held-out pair with its margin (the report's histogram); the texts for pairwise data."""
+    backbone.model.eval()
+    scores = []
+    for start in range(0, len(groups), batch_size):
+        scores += score_responses(backbone, groups, list(range(start, min(start + batch_size, len(groups)))))
+    if data_format == "score":
+        return [{"prompt": p, "response": r, "score": t, "predicted": s.item()}
+                for p, r, t, s in zip(rows["prompt"], rows["response"], rows["score"], torch.cat(scores))]
+    margins = pair_margins(scores, groups).tolist()
+    if data_format == "pairwise":
+        return [{"prompt": p, "chosen": c, "rejected": r, "margin": m}
+                for p, c, r, m in zip(rows["prompt"], rows["chosen"], rows["rejected"], margins)]
+    return [{"margin": m} for m in margins]
 
 
 def _regression_metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict:

@@ -16,7 +16,7 @@ import torch
 
 from lorahf.backbone import respond
 from lorahf.data import collate, encode_pairs
-from lorahf.judge import load_judges
+from lorahf.judge import scoring_judges
 from lorahf.metrics import rouge_l, win_rate
 from lorahf.training import (Throughput, index_batches, load_stage_data, make_optimizer, mean, sequence_logprobs,
                              step_plan, update)
@@ -117,7 +117,7 @@ def evaluate(backbone, held_out, eval_rows, spec, recipe) -> dict:
 
 def judge_against_base(backbone, prompt_ids, prompts, recipe, progress) -> dict:
     """Each judge's mean score of the SFT answers vs the untrained model's, and SFT's win rate."""
-    judges = load_judges(recipe)
+    judges = list(scoring_judges(recipe).values())
     if not judges:
         return {}
     prompt_ids, prompts = prompt_ids[:FINAL_EVAL_PROMPTS], list(prompts[:FINAL_EVAL_PROMPTS])
