@@ -118,7 +118,7 @@ class Backbone:
                               "Backbone or call .close() on it first")
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        _quiet_libraries()
+        quiet_libraries()
         target = _pick_device(device)
         local = Path(name)
         if (local.exists() or name.startswith((".", "/"))) and not (local / "config.json").is_file():
@@ -465,7 +465,7 @@ def _keep_rows(mask: torch.Tensor, module, inputs, output: torch.Tensor) -> torc
     return output * mask.view(-1, *([1] * (output.dim() - 1)))
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """lorahf reports progress itself; silence per-call chatter that would drown it."""
     import transformers
 

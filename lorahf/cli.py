@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from functools import wraps
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -159,6 +160,70 @@ def validate(recipe: str, overrides: tuple[str, ...], no_data: bool) -> None:
     for row in describe(loaded, read_data=not no_data):
         table.add_row(*row)
     console.print(table)
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--adapter", default="policy", show_default=True, help="The adapter to merge: sft, policy, policy-last, ...")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the merged model.")
+@friendly
+def merge(run_dir: str, adapter: str, out: str) -> None:
+    """Merge an adapter into the unquantized base; save a plain transformers model and check it answers alike.
+
+    \b
+    Example:
+      lorahf merge runs/quickstart --adapter policy --out merged/quickstart-policy
+    """
+    from lorahf.progress import RichProgress
+    from lorahf.stages.merge import LOGIT_TOLERANCE, merge as merge_run
+
+    result = merge_run(run_dir, adapter, out, progress=RichProgress(errors))
+    console.print(f"[green]✓[/green] merged '{result.adapter}' into [bold]{result.out}[/bold]: "
+                  f"{result.identical} of {result.prompts} held-out greedy answers identical to the adapter's, "
+                  f"max logit difference {result.max_logit_difference:.1e} (tolerance {LOGIT_TOLERANCE:g})")
+
+
+@main.command()
+@click.argument("target", metavar="TARGET", type=click.Path(exists=True, file_okay=False))
+@click.option("--prompt", "prompt_text", help="One prompt.")
+@click.option("--file", "prompt_file", type=click.Path(dir_okay=False), help="A JSONL/JSON/CSV/Parquet file of prompts.")
+@click.option("--column", default="prompt", show_default=True, help="The file's prompt column.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Write JSONL rows {prompt, response} here.")
+@click.option("--adapter", default="policy", show_default=True, help="With a run folder: the adapter to answer with.")
+@click.option("--max-new-tokens", type=int, help="Answer length limit (default: the run's max_response_tokens).")
+@click.option("--temperature", type=float, help="Sample at this temperature (default: greedy).")
+@click.option("--top-k", type=int, default=0, show_default=True, help="With --temperature: sample from the k likeliest.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of sampling.")
+@friendly
+def generate(target: str, prompt_text: str | None, prompt_file: str | None, column: str, out: str | None, adapter: str,
+             max_new_tokens: int | None, temperature: float | None, top_k: int, batch_size: int, seed: int) -> None:
+    """Answer prompts with a run's adapter (TARGET = run folder) or a merged model (TARGET = its folder).
+
+    \b
+    Examples:
+      lorahf generate runs/quickstart --adapter policy --prompt "Falcons beat Tigers 3 to 1 in Leeds ..."
+      lorahf generate merged/quickstart-policy --file prompts.jsonl --out answers.jsonl
+    """
+    import json
+
+    from lorahf.generate import Sampling, generate as generate_answers, read_prompts
+    from lorahf.progress import RichProgress
+
+    if (prompt_text is None) == (prompt_file is None):
+        raise LorahfError("give exactly one of --prompt TEXT or --file PROMPTS")
+    prompts = [prompt_text] if prompt_text is not None else read_prompts(prompt_file, column)
+    sampling = Sampling(max_new_tokens, temperature, top_k, batch_size)
+    answers = generate_answers(target, prompts, adapter, sampling, seed, progress=RichProgress(errors))
+    if out:
+        from lorahf.runs import write_text
+
+        write_text(Path(out), "".join(json.dumps({"prompt": p, "response": a}, ensure_ascii=False) + "\n"
+                                      for p, a in zip(prompts, answers)))
+        console.print(f"{len(answers)} answers written to [bold]{out}[/bold]")
+    else:
+        for answer in answers:
+            console.print(answer, highlight=False, markup=False)
 
 
 @main.command("make-tiny")

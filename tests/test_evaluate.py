@@ -7,7 +7,6 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner

@@ -1,9 +1,10 @@
-"""The README's quickstart, run as a user runs it: `lorahf run recipes/quickstart.yaml` (about 12 minutes)."""
+"""The README's quickstart, run as a user runs it: `lorahf run recipes/quickstart.yaml` (about 13 minutes), then the README's deployment commands on its run."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,5 +40,32 @@ def test_quickstart_end_to_end(tmp_path):
     assert (run / "adapters" / "sft" / "adapter_model.safetensors").is_file()
     assert (run / "adapters" / "reward" / "head.safetensors").is_file()
 
+    evaluate = json.loads((run / "stages" / "evaluate.json").read_text())["metrics"]
+    assert evaluate["adapters"] == ["sft", "policy"] and evaluate["eval_prompts"] == 200
+    for judge in ("gold", "reward"):
+        low, high = evaluate[f"win_rate_ci.{judge}"]
+        assert low <= evaluate[f"win_rate.{judge}"] <= high
+    assert evaluate["reward_mean.policy"] > evaluate["reward_mean.sft"]
+    report = (run / "report.md").read_text()
+    assert "| gold | policy |" in report and "| reward | policy |" in report
+    assert all((run / "plots" / f"{stage}.png").is_file() for stage in ("sft", "reward", "ppo", "evaluate"))
+    assert "report.md" in done.stdout
+
     again = subprocess.run(lorahf + run_part.split()[1:], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "skipped" in again.stderr + again.stdout
+
+    # The README's deployment section, as written: merge, generate, and the adapter with plain peft
+    commands = re.search(r"<!-- deploy-commands -->\n```bash\n(.*?)\n```", readme, re.S).group(1).splitlines()
+    outputs = []
+    for line in commands:
+        assert line.startswith("lorahf ")
+        step = subprocess.run(lorahf + shlex.split(line)[1:], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert step.returncode == 0, (line, step.stderr[-2000:])
+        outputs.append(" ".join(step.stdout.split()))
+    assert "16 of 16 held-out greedy answers identical" in outputs[0]
+    assert outputs[1]  # the merged model's answer
+    assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == 200
+    snippet = re.search(r"<!-- deploy-python -->\n```python\n(.*?)\n```", readme, re.S).group(1)
+    python = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert python.returncode == 0 and python.stdout.strip(), python.stderr[-2000:]
