@@ -38,3 +38,18 @@ def batch(backbone):
     prompt_ids, _ = encode_prompts(backbone.tokenizer, prompts, max_tokens=64)
     response_ids, _ = encode_responses(backbone.tokenizer, responses, max_tokens=16)
     return collate(prompt_ids, response_ids, backbone.tokenizer.pad_token_id)
+
+
+def tiny_run_recipe(root: Path, model_dir: Path, name: str, stages: list[str], sft_steps: int, **sections) -> dict:
+    """A raw recipe for a short run of the tiny T5 on the bundled example: the gold judge, a few hundred SFT
+    rows, short prompts and answers; `sections` adds or replaces top-level keys."""
+    return {"name": name, "output_dir": str(root / "runs"), "seed": 0,
+            "model": {"name": str(model_dir), "quantization": "8bit"},
+            "prompt_template": "summarize: {prompt}", "max_prompt_tokens": 96, "max_response_tokens": 16,
+            "judges": {"gold": {"python": f"{EXAMPLE_DATA.parent / 'gold.py'}:score"}},
+            "stages": stages,
+            "sft": {"data": {"files": [str(EXAMPLE_DATA / "sft.jsonl")], "max_rows": 400,
+                             "columns": {"prompt": "document", "response": "summary"}},
+                    "learning_rate": 1e-3, "lr_schedule": "constant", "max_steps": sft_steps,
+                    "eval_every": sft_steps, "eval_samples": 0},
+            **sections}

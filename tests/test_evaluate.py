@@ -16,7 +16,7 @@ from lorahf.cli import main
 from lorahf.recipe import dump, validate
 from lorahf.runs import RunFolder
 
-from tests.conftest import EXAMPLE_DATA, REPO
+from tests.conftest import EXAMPLE_DATA, REPO, tiny_run_recipe
 
 PROMPTS = 6  # held-out prompts evaluated
 
@@ -25,23 +25,17 @@ PROMPTS = 6  # held-out prompts evaluated
 def run(tmp_path_factory, tiny_model_dir):
     """A finished run folder with sft, reward, policy, policy-last and value adapters and an evaluate marker."""
     root = tmp_path_factory.mktemp("evaluate")
-    raw = {"name": "eval-toy", "output_dir": str(root / "runs"), "seed": 0,
-           "model": {"name": str(tiny_model_dir), "quantization": "8bit"},
-           "prompt_template": "summarize: {prompt}", "max_prompt_tokens": 96, "max_response_tokens": 16,
-           "judges": {"gold": {"python": f"{EXAMPLE_DATA.parent / 'gold.py'}:score"}, "person": {"human": True}},
-           "stages": ["sft", "reward", "ppo", "evaluate"],
-           "sft": {"data": {"files": [str(EXAMPLE_DATA / "sft.jsonl")], "max_rows": 400,
-                            "columns": {"prompt": "document", "response": "summary"}},
-                   "learning_rate": 1e-3, "max_steps": 40, "eval_every": 20, "eval_samples": 0},
-           "reward": {"data": {"files": [str(EXAMPLE_DATA / "preferences.jsonl")], "max_rows": 200,
-                               "columns": {"prompt": "document", "chosen": "better", "rejected": "worse"}},
-                      "max_steps": 6, "eval_every": 3, "min_accuracy": 0.0},
-           "ppo": {"data": {"files": [str(EXAMPLE_DATA / "prompts.jsonl")], "max_rows": 64,
-                            "eval_files": [str(EXAMPLE_DATA / "test.jsonl")],
-                            "columns": {"prompt": "document"}},
-                   "iterations": 2, "batch_size": 8, "minibatch_size": 4, "epochs": 1, "eval_every": 1,
-                   "eval_prompts": 4, "policy_learning_rate": 1e-2},  # a big step, so policy differs from sft
-           "evaluate": {"max_prompts": PROMPTS, "adapters": ["sft", "policy-last"]}}  # policy may be iteration 0
+    raw = tiny_run_recipe(
+        root, tiny_model_dir, "eval-toy", ["sft", "reward", "ppo", "evaluate"], sft_steps=40,
+        judges={"gold": {"python": f"{EXAMPLE_DATA.parent / 'gold.py'}:score"}, "person": {"human": True}},
+        reward={"data": {"files": [str(EXAMPLE_DATA / "preferences.jsonl")], "max_rows": 200,
+                         "columns": {"prompt": "document", "chosen": "better", "rejected": "worse"}},
+                "max_steps": 6, "eval_every": 3, "min_accuracy": 0.0},
+        ppo={"data": {"files": [str(EXAMPLE_DATA / "prompts.jsonl")], "max_rows": 64,
+                      "eval_files": [str(EXAMPLE_DATA / "test.jsonl")], "columns": {"prompt": "document"}},
+             "iterations": 2, "batch_size": 8, "minibatch_size": 4, "epochs": 1, "eval_every": 1,
+             "eval_prompts": 4, "policy_learning_rate": 1e-2},  # a big step, so policy differs from sft
+        evaluate={"max_prompts": PROMPTS, "adapters": ["sft", "policy-last"]})  # policy may be iteration 0
     result = pipeline.run(validate(raw))
     return result
 

@@ -16,7 +16,7 @@ from lorahf import pipeline
 from lorahf.cli import main
 from lorahf.recipe import validate
 
-from tests.conftest import EXAMPLE_DATA
+from tests.conftest import EXAMPLE_DATA, tiny_run_recipe
 
 PROMPTS = [json.loads(line)["document"] for line in (EXAMPLE_DATA / "test.jsonl").read_text().splitlines()[:6]]
 
@@ -37,18 +37,10 @@ print(json.dumps(tokenizer.batch_decode(ids, skip_special_tokens=True)))
 def run(tmp_path_factory, tiny_model_dir):
     """An 8-bit sft run with an evaluation (so that the model card has metrics to list)."""
     root = tmp_path_factory.mktemp("merge")
-    raw = {"name": "merge-toy", "output_dir": str(root / "runs"), "seed": 0,
-           "model": {"name": str(tiny_model_dir), "quantization": "8bit"},
-           "prompt_template": "summarize: {prompt}", "max_prompt_tokens": 96, "max_response_tokens": 16,
-           "judges": {"gold": {"python": f"{EXAMPLE_DATA.parent / 'gold.py'}:score"}},
-           "stages": ["sft", "evaluate"],
-           "sft": {"data": {"files": [str(EXAMPLE_DATA / "sft.jsonl")], "max_rows": 400,
-                            "columns": {"prompt": "document", "response": "summary"}},
-                   "learning_rate": 1e-3, "lr_schedule": "constant", "max_steps": 150, "eval_every": 150,
-                   "eval_samples": 0},
-           "evaluate": {"data": {"files": [str(EXAMPLE_DATA / "test.jsonl")], "eval_fraction": 0,
-                                 "columns": {"prompt": "document"}},
-                        "adapters": ["sft"], "max_prompts": 8}}
+    raw = tiny_run_recipe(root, tiny_model_dir, "merge-toy", ["sft", "evaluate"], sft_steps=150,
+                          evaluate={"data": {"files": [str(EXAMPLE_DATA / "test.jsonl")], "eval_fraction": 0,
+                                             "columns": {"prompt": "document"}},
+                                    "adapters": ["sft"], "max_prompts": 8})
     return pipeline.run(validate(raw)).folder.root
 
 
