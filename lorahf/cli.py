@@ -57,8 +57,9 @@ def main(debug: bool) -> None:
 @click.option("--from", "from_stage", help="Rerun from this stage on.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe field, e.g. --set sft.learning_rate=5e-4 (repeatable).")
+@click.option("--force", is_flag=True, help="Rerun finished stages whose settings changed, replacing their outputs.")
 @friendly
-def run(recipe: str, stage: str | None, from_stage: str | None, overrides: tuple[str, ...]) -> None:
+def run(recipe: str, stage: str | None, from_stage: str | None, overrides: tuple[str, ...], force: bool) -> None:
     """Run a recipe's stages; finished stages are skipped, so rerunning resumes.
 
     \b
@@ -69,7 +70,7 @@ def run(recipe: str, stage: str | None, from_stage: str | None, overrides: tuple
     from lorahf.progress import RichProgress
 
     result = run_pipeline(recipe, stage=stage, from_stage=from_stage, overrides=list(overrides),
-                          progress=RichProgress(errors))
+                          progress=RichProgress(errors), force=force)
     console.print(_summary_table(result))
     console.print(f"run folder: [bold]{result.folder.root}[/bold]   report: [bold]{result.report}[/bold]")
 

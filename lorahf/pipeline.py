@@ -9,10 +9,15 @@ that decides its output, upstream stages included), so rerunning the same comman
 
 from __future__ import annotations
 
+import errno
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from lorahf import recipe as recipes
 from lorahf.backbone import Backbone
@@ -33,32 +38,54 @@ class RunResult:
 
 
 def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stage: str | None = None,
-        overrides: list[str] | tuple[str, ...] = (), progress: Progress | None = None) -> RunResult:
-    """Run a recipe's stages in order; `stage` runs (or reruns) just that one, `from_stage` reruns from there on."""
-    from lorahf.stages import RUNNERS
+        overrides: list[str] | tuple[str, ...] = (), progress: Progress | None = None,
+        force: bool = False, command: str = "lorahf run") -> RunResult:
+    """Run a recipe's stages in order; `stage` runs (or reruns) just that one, `from_stage` reruns from there on.
 
+    A finished stage whose settings changed reruns only with `force`; without it the run stops before
+    writing anything and says which stages would rerun and which recipe keys changed."""
     progress = progress or Progress()
     if not isinstance(recipe, recipes.Recipe):
         recipe = recipes.load(recipe, overrides)
     selected = select_stages(recipe, stage, from_stage)
     folder = RunFolder(recipe.run_dir)
-    write_text(folder.recipe_path, recipes.dump(recipe))
-    ensure_base(recipe, progress)
+    with _plain_errors(folder), folder.lock(command) as recovered:
+        if recovered:
+            progress.note(f"[yellow]{recovered}[/yellow]")
+        explicit = stage or from_stage
+        rerun = stale_stages(recipe, folder, selected)
+        if rerun and not force and not explicit:
+            raise LorahfError(f"{folder.root}: {why_rerun(recipe, folder, rerun)}; their finished outputs would be "
+                              "replaced", hint="add --force to rerun them, or set another `name:` to start a new run")
+        if rerun:
+            progress.note(f"[yellow]{why_rerun(recipe, folder, rerun)}[/yellow]")
+        write_text(folder.recipe_path, recipes.dump(recipe))
+        ensure_base(recipe, progress)
+        result = _run_stages(recipe, folder, selected, explicit, progress)
+        result.report = write_report(folder)
+    return result
+
+
+def _run_stages(recipe, folder: RunFolder, selected: list[str], explicit: bool, progress: Progress) -> RunResult:
+    from lorahf.stages import RUNNERS
 
     result = RunResult(folder=folder)
     backbone = Backbone.load(recipe.model.name, recipe.model.quantization, recipe.model.device)
     try:
         for name in selected:
             stage_hash = recipe.stage_hash(name)
-            asked = stage is not None or from_stage is not None  # --stage / --from rerun what they select
-            if folder.is_done(name, stage_hash) and not asked:
+            if folder.is_done(name, stage_hash) and not explicit:
                 result.skipped.append(name)
                 result.metrics[name] = folder.marker(name).metrics
                 progress.note(f"[dim]{name}: done already (same recipe), skipped[/dim]")
                 continue
             progress.note(f"[bold]{name}[/bold]: starting")
             started = time.perf_counter()
-            metrics = RUNNERS[name](recipe, backbone, folder, progress)
+            try:
+                metrics = RUNNERS[name](recipe, backbone, folder, progress)
+            except (MemoryError, torch.OutOfMemoryError):
+                raise LorahfError(f"{name}: out of memory on the {backbone.device.type}; the last saved outputs are "
+                                  "kept", hint=MEMORY_HINTS[name]) from None
             folder.mark_done(name, stage_hash, metrics, time.perf_counter() - started)
             shutil.rmtree(folder.checkpoint_dir(name), ignore_errors=True)  # the marker supersedes it
             result.ran.append(name)
@@ -66,8 +93,66 @@ def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stag
         result.memory = backbone.memory_report().as_dict()
     finally:
         backbone.close()
-    result.report = write_report(folder)
     return result
+
+
+MEMORY_HINTS = {
+    "sft": "lower sft.batch_size, max_prompt_tokens or max_response_tokens, or set model.gradient_checkpointing: true",
+    "reward": "lower reward.batch_size or max_response_tokens, or set model.gradient_checkpointing: true",
+    "ppo": "set ppo.micro_batch_size (e.g. 2), or lower ppo.minibatch_size or ppo.batch_size",
+    "evaluate": "lower evaluate.batch_size",
+}
+"""What to lower when a stage runs out of memory (torch.OutOfMemoryError on a GPU, MemoryError on the CPU)."""
+
+
+def stale_stages(recipe: recipes.Recipe, folder: RunFolder, selected: list[str]) -> list[str]:
+    """Selected stages that finished with other settings than the recipe's now (they would rerun)."""
+    return [name for name in selected
+            if (marker := folder.marker(name)) and marker.done and marker.recipe_hash != recipe.stage_hash(name)]
+
+
+def why_rerun(recipe: recipes.Recipe, folder: RunFolder, stages: list[str]) -> str:
+    """'sft, reward would rerun: sft.epochs 10 -> 12' — the recipe keys that differ from the folder's recipe.yaml."""
+    import yaml
+
+    changed: list[str] = []
+    if folder.recipe_path.is_file():
+        before = yaml.safe_load(folder.recipe_path.read_text(encoding="utf-8")) or {}
+        changed = _differences(before, recipe.model_dump(mode="json"), skip={"name", "output_dir"})
+    reason = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "") if changed else \
+        "their settings are the same, but an older lorahf ran them (its stage hash differs)"
+    return f"{', '.join(stages)} would rerun because the recipe changed: {reason}"
+
+
+def _differences(before: object, after: object, prefix: str = "", skip: set[str] = frozenset()) -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        found = []
+        for key in sorted(set(before) | set(after), key=str):
+            if key in skip:
+                continue
+            path = f"{prefix}.{key}" if prefix else str(key)
+            found += _differences(before.get(key), after.get(key), path)
+        return found
+    return [] if before == after else [f"{prefix} {_short(before)} -> {_short(after)}"]
+
+
+def _short(value: object) -> str:
+    text = "(none)" if value is None else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@contextmanager
+def _plain_errors(folder: RunFolder) -> Iterator[None]:
+    """A full disk or a read-only folder as one line; atomic writes leave the files already there intact."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        raise LorahfError(f"cannot write {error.filename or folder.root}: {error.strerror}; everything written "
+                          f"before in {folder.root} is intact",
+                          hint="free some space (or make the folder writable) and run the same command to resume") \
+            from None
 
 
 def select_stages(recipe: recipes.Recipe, stage: str | None, from_stage: str | None) -> list[str]:
@@ -156,7 +241,8 @@ def evaluate(run_dir: str | Path, adapters: list[str] | None = None, judges: lis
     raw = recipe.model_dump(mode="json")
     raw["evaluate"] = section.model_dump(mode="json")
     raw["stages"] = [s for s in recipe.stages if s != "evaluate"] + ["evaluate"]
-    return run(recipes.validate(raw, source=str(RunFolder(run_dir).recipe_path)), stage="evaluate", progress=progress)
+    return run(recipes.validate(raw, source=str(RunFolder(run_dir).recipe_path)), stage="evaluate", progress=progress,
+               command="lorahf eval")
 
 
 def judge(run_dir: str | Path, judge_name: str, a: str, b: str, n: int, out: str | Path,

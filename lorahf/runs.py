@@ -7,6 +7,7 @@
       checkpoints/<stage>/   mid-stage state for resuming an interrupted stage
       metrics.jsonl          one JSON object per logged step
       samples/<stage>.jsonl  generated responses with their scores
+      .lock, .lock-owner.json  held while a lorahf process works in the folder
 
 Every file is written atomically (to a temporary name in the same folder, then renamed), so a killed
 run never leaves a half-written marker, adapter or recipe behind.
@@ -25,7 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from lorahf.errors import LorahfError
+
 TEMP_PREFIX = ".tmp-"
+LOCK_FILE = ".lock"
+OWNER_FILE = ".lock-owner.json"  # who holds the lock; left behind only by a process that died
 
 
 @contextmanager
@@ -92,6 +97,42 @@ class RunFolder:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    # ------------------------------------------------------------------------------------ lock
+    @contextmanager
+    def lock(self, command: str = "lorahf run") -> Iterator[str | None]:
+        """Hold the folder for this process, or refuse in one line when a live process holds it.
+
+        The lock is the operating system's (filelock: flock on Unix, msvcrt on Windows), so a process that
+        dies releases it with no help; its owner file stays, and the next holder reports it as recovered.
+        Yields that note, or None."""
+        from filelock import FileLock, Timeout
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        held = FileLock(str(self.root / LOCK_FILE), is_singleton=False)
+        try:
+            held.acquire(timeout=0)
+        except Timeout:
+            owner = self._owner()
+            who = f" (pid {owner.get('pid')}, `{owner.get('command')}` since {owner.get('since')})" if owner else ""
+            raise LorahfError(f"{self.root}: another lorahf process is using this run folder{who}",
+                              hint="wait for it to finish, or give this run another `name:`") from None
+        previous = self._owner()
+        recovered = (f"{self.root}: recovered the lock of an earlier process (pid {previous.get('pid')}, "
+                     f"`{previous.get('command')}`) that ended without releasing it" if previous else None)
+        try:
+            write_json(self.root / OWNER_FILE, {"pid": os.getpid(), "command": command,
+                                                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            yield recovered
+        finally:
+            (self.root / OWNER_FILE).unlink(missing_ok=True)
+            held.release()
+
+    def _owner(self) -> dict | None:
+        try:
+            return read_json(self.root / OWNER_FILE)
+        except (OSError, ValueError):
+            return None
 
     # ----------------------------------------------------------------------------------- paths
     @property

@@ -49,8 +49,10 @@ def test_run_resume_and_rerun(recipe):
     assert again.ran == [] and again.skipped == ["sft", "reward"]
     assert again.metrics["sft"] == json.loads(folder.marker_path("sft").read_text())["metrics"]
 
-    recipe.reward.learning_rate = 1e-4  # changes reward only
-    changed = pipeline.run(recipe)
+    recipe.reward.learning_rate = 1e-4  # changes reward only: refused without --force, nothing touched
+    with pytest.raises(LorahfError, match="reward would rerun because the recipe changed: reward.learning_rate"):
+        pipeline.run(recipe)
+    changed = pipeline.run(recipe, force=True)
     assert changed.ran == ["reward"] and changed.skipped == ["sft"]
 
     assert pipeline.run(recipe, stage="sft").ran == ["sft"]
