@@ -80,6 +80,8 @@ def _run_stages(recipe, folder: RunFolder, selected: list[str], explicit: bool, 
                 progress.note(f"[dim]{name}: done already (same recipe), skipped[/dim]")
                 continue
             progress.note(f"[bold]{name}[/bold]: starting")
+            if not folder.checkpoint_dir(name).exists():
+                folder.drop_metrics(name)  # starting over: the steps are logged anew
             started = time.perf_counter()
             try:
                 metrics = RUNNERS[name](recipe, backbone, folder, progress)

@@ -196,8 +196,67 @@ class RunFolder:
                 rows.append(row)
         return rows
 
+    def drop_metrics(self, stage: str, after_step: int = -1) -> None:
+        """Forget `stage`'s logged steps after `after_step` (all of them by default): a stage that starts over,
+        or resumes from a checkpoint, logs those steps again, and metrics.jsonl keeps each step once."""
+        if not self.metrics_path.is_file():
+            return
+        kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
+                if not _logged_after(line, stage, after_step)]
+        write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+
     def write_samples(self, stage: str, rows: list[dict]) -> None:
         write_text(self.samples_path(stage), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _logged_after(line: str, stage: str, after_step: int) -> bool:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return True  # a line cut by a kill mid-write: drop it too
+    return row.get("stage") == stage and row.get("step", 0) > after_step
+
+
+def verify(root: str | Path) -> list[str]:
+    """Problems with a run folder's files, one line each (none: []): every JSON, JSONL, YAML and safetensors
+    file parses, adapters have their config, no temporary file is left, metrics.jsonl logs each step once."""
+    import yaml
+    from safetensors import safe_open
+
+    root = Path(root)
+    problems = []
+    for path in sorted(root.rglob("*")):
+        name = str(path.relative_to(root))
+        if path.name.startswith(TEMP_PREFIX):
+            problems.append(f"{name}: a temporary file or folder was left behind")
+            continue
+        if not path.is_file():
+            continue
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".jsonl":
+                for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                    json.loads(line)
+            elif path.suffix == ".yaml":
+                yaml.safe_load(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), "pt") as tensors:
+                    for key in tensors.keys():
+                        tensors.get_tensor(key)
+        except Exception as error:  # noqa: BLE001 - any failure to parse is the finding
+            problems.append(f"{name}: does not parse ({type(error).__name__}: {str(error).splitlines()[0][:80]})")
+    for adapter in sorted((root / "adapters").glob("*")) if (root / "adapters").is_dir() else []:
+        if adapter.is_dir() and not (adapter / "adapter_config.json").is_file():
+            problems.append(f"adapters/{adapter.name}: no adapter_config.json")
+    seen: dict[tuple[str, int, str], int] = {}
+    for row in RunFolder(root).read_metrics():
+        for key in [k for k in row if k not in ("stage", "step")]:
+            seen[(row["stage"], row["step"], key)] = seen.get((row["stage"], row["step"], key), 0) + 1
+    repeated = sorted({(stage, step) for (stage, step, _), count in seen.items() if count > 1})
+    if repeated:
+        problems.append(f"metrics.jsonl: {len(repeated)} step(s) logged twice, e.g. {repeated[0][0]} step {repeated[0][1]}")
+    return problems
 
 
 def _finite(values: dict) -> dict:

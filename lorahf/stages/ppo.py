@@ -322,10 +322,12 @@ def load_checkpoint(backbone, folder, stage_hash: str, progress) -> tuple[State 
     saved = torch.load(path / STATE_FILE, weights_only=True)
     if saved["stage_hash"] != stage_hash:
         progress.note("[yellow]ppo: the checkpoint was made with another recipe; starting over[/yellow]")
+        folder.drop_metrics("ppo")
         return None, None
     backbone.load_adapter(POLICY, path / POLICY)
     backbone.load_adapter(VALUE, path / VALUE)
     state = State(**saved["state"])
+    folder.drop_metrics("ppo", after_step=state.iteration)  # the iterations after it run (and log) again
     progress.note(f"ppo: resuming after iteration {state.iteration} from {path}")
     return state, saved["optimizer"]
 

@@ -1,0 +1,149 @@
+"""Kill a run with SIGKILL at random moments, resume it with the same command each time, and check the result.
+
+    python benchmarks/kill_resume.py --kills 20                     # the quickstart recipe
+    python benchmarks/kill_resume.py --recipe R.yaml --kills 3 --set sft.max_steps=40
+
+1. An uninterrupted reference run (`<name>-reference`) gives the duration to spread the kills over and the
+   final metrics to compare with.
+2. The killed run (`<name>-killed`) is started with `python -m lorahf run RECIPE --set name=...`; after a
+   random delay (uniform over the reference's duration, so every stage, and the saves inside it, get their
+   share) it is SIGKILLed; then started again; after --kills kills it runs to the end.
+3. Checks: the run completed (every stage's marker done); `lorahf.runs.verify` finds nothing (every JSON,
+   JSONL, YAML and safetensors file parses, adapters have their config, no temporary file is left,
+   metrics.jsonl logs each step once); each stage logged the same steps as the reference; the final metrics
+   equal the reference's within --tolerance (SFT and reward restart from their first step and are
+   deterministic on the CPU; PPO resumes from its last checkpoint with the RNG reseeded per iteration, so
+   it ends bit-identical; evaluation reruns; wall times and peak memory are not compared).
+
+Prints one JSON line: kills made (and in which stage each landed), restarts, and every problem found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NOT_COMPARED = ("wall_s", "seconds", "peak_memory", "finished_at", "seconds_per_iteration")
+
+
+def lorahf_run(recipe: str, name: str, sets: list[str], cwd: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "lorahf", "run", recipe, "--set", f"name={name}"]
+    for item in sets:
+        command += ["--set", item]
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def stage_running(run_dir: Path, stages: list[str]) -> str:
+    """The first stage without a done marker: where a kill landed."""
+    for stage in stages:
+        if not (run_dir / "stages" / f"{stage}.json").is_file():
+            return stage
+    return "end"
+
+
+def run_with_kills(recipe: str, name: str, sets: list[str], kills: int, duration: float, seed: int, cwd: Path,
+                   stages: list[str], output_dir: Path) -> dict:
+    rng = random.Random(seed)
+    run_dir = output_dir / name
+    landed, restarts = [], 0
+    while len(landed) < kills:
+        process = lorahf_run(recipe, name, sets, cwd)
+        time.sleep(rng.uniform(0.05, 1.0) * duration)
+        if process.poll() is not None:  # it finished before the kill: a clean run of what was left
+            restarts += 1
+            _, stderr = process.communicate()
+            if process.returncode != 0:
+                return {"landed": landed, "restarts": restarts, "failed": stderr[-2000:]}
+            shutil.rmtree(run_dir)  # start over, so that the remaining kills still land somewhere
+            continue
+        landed.append(stage_running(run_dir, stages))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    process = lorahf_run(recipe, name, sets, cwd)
+    _, stderr = process.communicate()
+    return {"landed": landed, "restarts": restarts, "failed": stderr[-2000:] if process.returncode else None}
+
+
+def compare(reference: Path, killed: Path, stages: list[str], tolerance: float) -> list[str]:
+    from lorahf.runs import RunFolder, verify
+
+    problems = [f"killed run: {p}" for p in verify(killed)]
+    for stage in stages:
+        marker = killed / "stages" / f"{stage}.json"
+        if not marker.is_file():
+            problems.append(f"{stage}: not done")
+            continue
+        ours, theirs = json.loads(marker.read_text())["metrics"], json.loads(
+            (reference / "stages" / f"{stage}.json").read_text())["metrics"]
+        problems += [f"{stage}.{key}: {a} vs reference {b}" for key, a, b in _leaves(ours, theirs)
+                     if not any(word in key for word in NOT_COMPARED) and not _close(a, b, tolerance)]
+        steps = lambda root: sorted({(r["step"], k) for r in RunFolder(root).read_metrics(stage)  # noqa: E731
+                                     for k in r if k not in ("stage", "step") and not k.startswith("seconds")})
+        if steps(killed) != steps(reference):
+            problems.append(f"{stage}: metrics.jsonl logged other steps than the reference")
+    return problems
+
+
+def _leaves(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            yield from _leaves(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix, a, b
+
+
+def _close(a, b, tolerance: float) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance)
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return all(_close(x, y, tolerance) for x, y in zip(a, b))
+    return a == b
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="recipes/quickstart.yaml")
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="a recipe override, repeatable")
+    parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="where relative recipe paths start")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO))
+    from lorahf import recipe as recipes
+
+    loaded = recipes.load(args.cwd / args.recipe if not Path(args.recipe).is_absolute() else args.recipe, args.sets)
+    output_dir = args.cwd / loaded.output_dir
+    for suffix in ("reference", "killed"):
+        shutil.rmtree(output_dir / f"{loaded.name}-{suffix}", ignore_errors=True)
+    started = time.perf_counter()
+    reference = lorahf_run(args.recipe, f"{loaded.name}-reference", args.sets, args.cwd)
+    _, stderr = reference.communicate()
+    if reference.returncode:
+        raise SystemExit(f"the reference run failed:\n{stderr[-2000:]}")
+    duration = time.perf_counter() - started
+    outcome = run_with_kills(args.recipe, f"{loaded.name}-killed", args.sets, args.kills, duration, args.seed,
+                             args.cwd, loaded.stages, output_dir)
+    problems = [f"the killed run failed: {outcome['failed']}"] if outcome["failed"] else compare(
+        output_dir / f"{loaded.name}-reference", output_dir / f"{loaded.name}-killed", loaded.stages, args.tolerance)
+    result = {"recipe": args.recipe, "kills": len(outcome["landed"]), "landed_in": outcome["landed"],
+              "clean_runs_restarted": outcome["restarts"], "reference_seconds": round(duration, 1),
+              "problems": problems, "ok": not problems}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["ok"] else 1)
