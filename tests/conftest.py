@@ -53,3 +53,17 @@ def tiny_run_recipe(root: Path, model_dir: Path, name: str, stages: list[str], s
                     "learning_rate": 1e-3, "lr_schedule": "constant", "max_steps": sft_steps,
                     "eval_every": sft_steps, "eval_samples": 0},
             **sections}
+
+
+def tiny_reward_section(max_steps: int, eval_every: int) -> dict:
+    """A short reward stage on the example's preferences, with the gate open (min_accuracy 0)."""
+    return {"data": {"files": [str(EXAMPLE_DATA / "preferences.jsonl")], "max_rows": 200,
+                     "columns": {"prompt": "document", "chosen": "better", "rejected": "worse"}},
+            "max_steps": max_steps, "eval_every": eval_every, "min_accuracy": 0.0}
+
+
+def tiny_ppo_section(**settings) -> dict:
+    """A few PPO iterations of 8 prompts, checked against the example's test reports."""
+    return {"data": {"files": [str(EXAMPLE_DATA / "prompts.jsonl")], "max_rows": 64,
+                     "eval_files": [str(EXAMPLE_DATA / "test.jsonl")], "columns": {"prompt": "document"}},
+            "batch_size": 8, "minibatch_size": 4, "epochs": 1, "eval_prompts": 4, **settings}

@@ -16,7 +16,7 @@ from lorahf.cli import main
 from lorahf.recipe import dump, validate
 from lorahf.runs import RunFolder
 
-from tests.conftest import EXAMPLE_DATA, REPO, tiny_run_recipe
+from tests.conftest import EXAMPLE_DATA, REPO, tiny_ppo_section, tiny_reward_section, tiny_run_recipe
 
 PROMPTS = 6  # held-out prompts evaluated
 
@@ -28,13 +28,8 @@ def run(tmp_path_factory, tiny_model_dir):
     raw = tiny_run_recipe(
         root, tiny_model_dir, "eval-toy", ["sft", "reward", "ppo", "evaluate"], sft_steps=40,
         judges={"gold": {"python": f"{EXAMPLE_DATA.parent / 'gold.py'}:score"}, "person": {"human": True}},
-        reward={"data": {"files": [str(EXAMPLE_DATA / "preferences.jsonl")], "max_rows": 200,
-                         "columns": {"prompt": "document", "chosen": "better", "rejected": "worse"}},
-                "max_steps": 6, "eval_every": 3, "min_accuracy": 0.0},
-        ppo={"data": {"files": [str(EXAMPLE_DATA / "prompts.jsonl")], "max_rows": 64,
-                      "eval_files": [str(EXAMPLE_DATA / "test.jsonl")], "columns": {"prompt": "document"}},
-             "iterations": 2, "batch_size": 8, "minibatch_size": 4, "epochs": 1, "eval_every": 1,
-             "eval_prompts": 4, "policy_learning_rate": 1e-2},  # a big step, so policy differs from sft
+        reward=tiny_reward_section(max_steps=6, eval_every=3),
+        ppo=tiny_ppo_section(iterations=2, eval_every=1, policy_learning_rate=1e-2),  # a big step: policy != sft
         evaluate={"max_prompts": PROMPTS, "adapters": ["sft", "policy-last"]})  # policy may be iteration 0
     result = pipeline.run(validate(raw))
     return result

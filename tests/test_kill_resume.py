@@ -8,7 +8,7 @@ import importlib.util
 
 import yaml
 
-from tests.conftest import EXAMPLE_DATA, REPO, tiny_run_recipe
+from tests.conftest import REPO, tiny_ppo_section, tiny_reward_section, tiny_run_recipe
 
 
 def _harness():
@@ -21,15 +21,9 @@ def _harness():
 def test_three_kills_and_resumes_end_where_an_unbroken_run_does(tmp_path, tiny_model_dir):
     raw = tiny_run_recipe(
         tmp_path, tiny_model_dir, "killed", ["sft", "reward", "ppo", "evaluate"], sft_steps=40,
-        reward={"data": {"files": [str(EXAMPLE_DATA / "preferences.jsonl")], "max_rows": 200,
-                         "columns": {"prompt": "document", "chosen": "better", "rejected": "worse"}},
-                "max_steps": 20, "eval_every": 10, "min_accuracy": 0.0},
-        ppo={"data": {"files": [str(EXAMPLE_DATA / "prompts.jsonl")], "max_rows": 64,
-                      "eval_files": [str(EXAMPLE_DATA / "test.jsonl")], "columns": {"prompt": "document"}},
-             "iterations": 4, "batch_size": 8, "minibatch_size": 4, "epochs": 1, "eval_every": 3,
-             "eval_prompts": 4, "checkpoint_every": 2},
+        reward=tiny_reward_section(max_steps=20, eval_every=10),
+        ppo=tiny_ppo_section(iterations=4, eval_every=3, checkpoint_every=2),
         evaluate={"max_prompts": 8})
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
     result = _harness().main(["--recipe", "recipe.yaml", "--kills", "3", "--seed", "1", "--cwd", str(tmp_path)])
-    print(result)
     assert result["kills"] == 3 and result["problems"] == [], result
