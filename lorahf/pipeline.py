@@ -52,7 +52,7 @@ def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stag
     with _plain_errors(folder), folder.lock(command) as recovered:
         if recovered:
             progress.note(f"[yellow]{recovered}[/yellow]")
-        explicit = stage or from_stage
+        explicit = bool(stage or from_stage)
         rerun = stale_stages(recipe, folder, selected)
         if rerun and not force and not explicit:
             raise LorahfError(f"{folder.root}: {why_rerun(recipe, folder, rerun)}; their finished outputs would be "
@@ -121,9 +121,10 @@ def why_rerun(recipe: recipes.Recipe, folder: RunFolder, stages: list[str]) -> s
     if folder.recipe_path.is_file():
         before = yaml.safe_load(folder.recipe_path.read_text(encoding="utf-8")) or {}
         changed = _differences(before, recipe.model_dump(mode="json"), skip={"name", "output_dir"})
-    reason = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "") if changed else \
-        "their settings are the same, but an older lorahf ran them (its stage hash differs)"
-    return f"{', '.join(stages)} would rerun because the recipe changed: {reason}"
+    if not changed:
+        return f"{', '.join(stages)} would rerun: the recipe is the same, but an older lorahf ran them (another stage hash)"
+    more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+    return f"{', '.join(stages)} would rerun because the recipe changed: {', '.join(changed[:6])}{more}"
 
 
 def _differences(before: object, after: object, prefix: str = "", skip: set[str] = frozenset()) -> list[str]:

@@ -417,6 +417,8 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
     if len(set(recipe.stages)) != len(recipe.stages):
         found.append(("stages", "lists a stage twice"))
     for name, judge in recipe.judges.items():
+        if "." in name:
+            found.append((f"judges.{name}", "a judge's name may not contain '.' (metric keys are judge.adapter)"))
         given = [kind for kind in ("python", "llm", "human") if getattr(judge, kind)]
         if len(given) != 1:
             found.append((f"judges.{name}", f"needs exactly one of python, llm or human, got {', '.join(given) or 'none'}"))
@@ -424,6 +426,9 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
         found.append(("judges.reward", "is the built-in reward-model judge's name; pick another"))
     evaluate = recipe.evaluate
     if evaluate is not None:
+        for adapter in evaluate.adapters or []:
+            if "." in adapter or "/" in adapter:
+                found.append(("evaluate.adapters", f"{adapter!r} is not an adapter name (a folder in the run's adapters/)"))
         if evaluate.data is None and recipe.ppo is None:
             found.append(("evaluate.data", "is needed when the recipe has no ppo section to take held-out prompts from"))
         if evaluate.judges:

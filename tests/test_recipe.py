@@ -72,6 +72,32 @@ def test_cross_field_problems(tmp_path):
     assert "must run in the order ['sft', 'reward']" in joined
 
 
+def test_judge_and_evaluate_problems_are_gathered(tmp_path):
+    text = GOOD.replace("stages: [sft]", "stages: [sft, evaluate]") + textwrap.dedent("""\
+        judges:
+          reward: {python: "gold.py:score"}
+          two: {python: "gold.py:score", human: true}
+          none: {}
+          my.judge: {python: "gold.py:score"}
+          me: {human: true}
+        evaluate:
+          adapters: [sft, runs/policy]
+          judges: [me, nobody]
+        """)
+    with pytest.raises(RecipeError) as error:
+        recipes.load(_write(tmp_path, text))
+    joined = "\n".join(error.value.problems)
+    for expected in ("judges.reward: is the built-in reward-model judge's name",
+                     "judges.two: needs exactly one of python, llm or human, got python, human",
+                     "judges.none: needs exactly one of python, llm or human, got none",
+                     "judges.my.judge: a judge's name may not contain '.'",
+                     "evaluate.data: is needed when the recipe has no ppo section",
+                     "evaluate.judges: names no judge in `judges`: nobody",
+                     "evaluate.judges: me is a person",
+                     "'runs/policy' is not an adapter name"):
+        assert expected in joined, joined
+
+
 @pytest.mark.parametrize("text, expected", [
     ("", "the file is empty"),
     ("- a\n- b\n", "top level must be a mapping"),
