@@ -448,8 +448,9 @@ class Backbone:
 
 
 def respond(backbone: Backbone, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int = 64,
-            **sampling) -> list[str]:
-    """Decoded responses of the active role to tokenized prompts, generated in batches."""
+            on_batch=None, **sampling) -> list[str]:
+    """Decoded responses of the active role to tokenized prompts, generated in batches; `on_batch(n)` is
+    called after each batch of n (e.g. to advance a progress bar)."""
     from lorahf.data import collate
 
     texts: list[str] = []
@@ -457,6 +458,8 @@ def respond(backbone: Backbone, prompt_ids: list[list[int]], max_new_tokens: int
         batch = collate(prompt_ids[start:start + batch_size], None, backbone.tokenizer.pad_token_id)
         responses, _ = backbone.generate(batch.to(backbone.device), max_new_tokens, **sampling)
         texts += backbone.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        if on_batch is not None:
+            on_batch(len(responses))
     return [text.strip() for text in texts]
 
 

@@ -44,8 +44,8 @@ def generate(target: str | Path, prompts: list[str], adapter: str = "policy", sa
 
 
 def _from_run(run_dir: Path, prompts: list[str], adapter: str, sampling: Sampling, progress) -> list[str]:
-    from lorahf.backbone import Backbone
-    from lorahf.data import collate, encode_prompts
+    from lorahf.backbone import Backbone, respond
+    from lorahf.data import encode_prompts
     from lorahf.pipeline import load_run
     from lorahf.runs import RunFolder
     from lorahf.training import ensure_adapter
@@ -57,16 +57,10 @@ def _from_run(run_dir: Path, prompts: list[str], adapter: str, sampling: Samplin
         backbone.use(adapter)
         backbone.model.eval()
         ids, _ = encode_prompts(backbone.tokenizer, prompts, recipe.max_prompt_tokens, recipe.prompt_template)
-        texts: list[str] = []
         with progress.task(f"generate ({adapter})", total=len(ids)) as bar:
-            for start in range(0, len(ids), sampling.batch_size):
-                batch = collate(ids[start:start + sampling.batch_size], None, backbone.tokenizer.pad_token_id)
-                responses, _ = backbone.generate(batch.to(backbone.device),
-                                                 sampling.max_new_tokens or recipe.max_response_tokens,
-                                                 do_sample=sampling.temperature is not None,
-                                                 temperature=sampling.temperature or 1.0, top_k=sampling.top_k)
-                texts += [t.strip() for t in backbone.tokenizer.batch_decode(responses, skip_special_tokens=True)]
-                bar.advance(len(responses))
+            texts = respond(backbone, ids, sampling.max_new_tokens or recipe.max_response_tokens,
+                            sampling.batch_size, on_batch=bar.advance, do_sample=sampling.temperature is not None,
+                            temperature=sampling.temperature or 1.0, top_k=sampling.top_k)
         return texts
     finally:
         backbone.close()
