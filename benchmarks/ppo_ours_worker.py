@@ -32,8 +32,6 @@ from importlib import metadata
 from ppo_worker_args import worker_parser  # beside this script
 
 BATCH = 16
-PROMPT_TOKENS = 48
-NEW_TOKENS = 32
 THREADS = 2
 TEMPLATE = "summarize: {prompt}"
 
@@ -54,7 +52,7 @@ def main() -> None:
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(args.seed)
-    backbone = Backbone.load(args.model, quantization="8bit", device="cpu")
+    backbone = Backbone.load(args.model, quantization=args.quantization, device=args.device)
     lora = LoraSpec()
     backbone.add_adapter("sft", lora)
     backbone.add_adapter("reward", lora, head=True)
@@ -64,7 +62,7 @@ def main() -> None:
 
     with open(args.data, encoding="utf-8") as handle:  # read as TRL's worker reads it: data loading is not timed
         texts = [json.loads(line)["document"] for line in handle if line.strip()]
-    prompt_ids, _ = encode_prompts(backbone.tokenizer, texts, PROMPT_TOKENS, TEMPLATE)
+    prompt_ids, _ = encode_prompts(backbone.tokenizer, texts, args.prompt_tokens, TEMPLATE)
     spec = PPOStage(data=DataSpec(files=[args.data]), batch_size=BATCH, epochs=4, minibatch_size=4,
                     temperature=1.0, top_k=0, train_encoder=args.train_encoder)
     optimizer = make_optimizer(backbone, spec)
@@ -74,7 +72,7 @@ def main() -> None:
     for i in range(args.warmup + args.iterations):
         rows_i = [(BATCH * i + j) % len(texts) for j in range(BATCH)]
         numbers = iterate(backbone, [prompt_ids[r] for r in rows_i], [texts[r] for r in rows_i], scorer, spec,
-                          spec.beta, optimizer, torch.Generator().manual_seed(args.seed + i), NEW_TOKENS, i + 1)
+                          spec.beta, optimizer, torch.Generator().manual_seed(args.seed + i), args.new_tokens, i + 1)
         if i >= args.warmup:
             timed.append(numbers)
 
@@ -87,11 +85,21 @@ def main() -> None:
         "update_seconds": [n["seconds_update"] for n in timed],
         "mean_response_tokens": sum(n["response_length"] for n in timed) / len(timed),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
+        "device": args.device, "quantization": args.quantization,
+        "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
         "threads": torch.get_num_threads(),
         "trainable_parameters": sum(p.numel() for group in optimizer.param_groups for p in group["params"]),
-        "versions": {name: metadata.version(name) for name in
+        "versions": {name: _version(name) for name in
                      ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "lorahf")},
     }))
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:  # lorahf run from a checkout without being installed
+        return None
 
 
 if __name__ == "__main__":

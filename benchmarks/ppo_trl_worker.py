@@ -53,8 +53,6 @@ from importlib import metadata
 from ppo_worker_args import worker_parser  # beside this script
 
 BATCH = 16
-PROMPT_TOKENS = 48
-NEW_TOKENS = 32
 PPO_EPOCHS = 4
 MINI_BATCH = 4
 THREADS = 2
@@ -85,10 +83,15 @@ def main() -> None:
     set_seed(args.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    prompts = load_prompts(args.data, tokenizer)
-    base = AutoModelForSeq2SeqLM.from_pretrained(args.model, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
-                                                 device_map={"": "cpu"}, dtype=torch.float32)
-    assert getattr(base, "is_loaded_in_8bit", False), "the base did not load in 8 bits"
+    prompts = load_prompts(args.data, tokenizer, args.prompt_tokens)
+    quantization = {"8bit": BitsAndBytesConfig(load_in_8bit=True), "none": None,
+                    "4bit": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                               bnb_4bit_compute_dtype=torch.bfloat16)}[args.quantization]
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    base = AutoModelForSeq2SeqLM.from_pretrained(args.model, quantization_config=quantization,
+                                                 device_map={"": args.device}, dtype=dtype)
+    if args.quantization == "8bit":
+        assert getattr(base, "is_loaded_in_8bit", False), "the base did not load in 8 bits"
     model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(
         base, peft_config=LoraConfig(task_type="SEQ_2_SEQ_LM", **LORA), use_gradient_checkpointing=False)
     assert model.is_peft_model, "TRL did not wrap the model with the LoRA adapter"
@@ -98,7 +101,7 @@ def main() -> None:
     config = PPOConfig(batch_size=BATCH, mini_batch_size=MINI_BATCH, ppo_epochs=PPO_EPOCHS,
                        gradient_accumulation_steps=1, seed=args.seed, log_with=None, exp_name="ppo_trl_worker")
     trainer = PPOTrainer(config, model, ref_model=None, tokenizer=tokenizer)
-    generation = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": NEW_TOKENS,
+    generation = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": args.new_tokens,
                   "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
 
     phases = ("generate", "reward", "update", "forward", "optimize")
@@ -129,6 +132,8 @@ def main() -> None:
         "name": "trl", **timed,
         "mean_response_tokens": sum(response_tokens) / len(response_tokens),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
+        "device": args.device, "quantization": args.quantization, "new_tokens": args.new_tokens,
         "versions": {name: metadata.version(name) for name in
                      ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "trl")},
         "prompt_tokens": [min(lengths), max(lengths)], "batch_size": BATCH, "warmup": args.warmup,
@@ -137,15 +142,15 @@ def main() -> None:
     }))
 
 
-def load_prompts(path: str, tokenizer) -> list:
-    """Every row's prompt as a 1-D LongTensor: the template tokenized (with EOS), cut to 47 tokens + EOS."""
+def load_prompts(path: str, tokenizer, max_tokens: int) -> list:
+    """Every row's prompt as a 1-D LongTensor: the template tokenized (with EOS), cut to max_tokens - 1 + EOS."""
     import torch
 
     with open(path, encoding="utf-8") as file:
         documents = [json.loads(line)["document"] for line in file if line.strip()]
     ids = tokenizer([TEMPLATE.format(document=d) for d in documents])["input_ids"]
     eos = tokenizer.eos_token_id
-    cut = [list(i) if len(i) <= PROMPT_TOKENS else list(i[: PROMPT_TOKENS - 1]) + [eos] for i in ids]
+    cut = [list(i) if len(i) <= max_tokens else list(i[: max_tokens - 1]) + [eos] for i in ids]
     return [torch.tensor(i, dtype=torch.long) for i in cut]
 
 

@@ -110,8 +110,12 @@ class Backbone:
 
     # ---------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, name: str, quantization: str = "8bit", device: str = "auto") -> "Backbone":
-        """Load tokenizer and base once, frozen, through `from_pretrained` (a hub id or a local folder)."""
+    def load(cls, name: str, quantization: str = "8bit", device: str = "auto",
+             gradient_checkpointing: bool = False) -> "Backbone":
+        """Load tokenizer and base once, frozen, through `from_pretrained` (a hub id or a local folder).
+
+        `gradient_checkpointing` recomputes each T5 block's activations in the backward pass of training
+        forwards (train mode: SFT and reward); generation and eval-mode passes are unaffected."""
         live = cls._live() if cls._live else None
         if live is not None:
             raise LorahfError(f"a base model ({live.name}) is already loaded in this process; reuse that "
@@ -136,6 +140,9 @@ class Backbone:
                               f"this is {model.config.model_type}")
         for parameter in model.parameters():
             parameter.requires_grad_(False)
+        if gradient_checkpointing:  # non-reentrant: no input needs requires_grad, dropout's RNG is replayed
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False  # a cache is never wanted while training; generate() asks for its own
         backbone = cls(model, tokenizer, name, quantization, target)
         cls._live = weakref.ref(backbone)
         return backbone

@@ -70,7 +70,8 @@ def _run_stages(recipe, folder: RunFolder, selected: list[str], explicit: bool, 
     from lorahf.stages import RUNNERS
 
     result = RunResult(folder=folder)
-    backbone = Backbone.load(recipe.model.name, recipe.model.quantization, recipe.model.device)
+    backbone = Backbone.load(recipe.model.name, recipe.model.quantization, recipe.model.device,
+                             recipe.model.gradient_checkpointing)
     try:
         for name in selected:
             stage_hash = recipe.stage_hash(name)

@@ -44,7 +44,7 @@ class ModelSpec(Section):
     make_tiny_from: str | None = None
     """Offline quickstart only: when `name` is a folder that does not exist yet, build the tiny T5 there from this data folder first."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about 30 % slower; never used while generating."""
+    """Recompute activations in SFT's and the reward stage's backward pass: on an H200, xl-shaped SFT at batch 8 x 512 tokens fell from 29 to 7 GiB for 2x the step time; generation and PPO (eval mode) are unaffected."""
 
 
 class LoraSpec(Section):

@@ -282,3 +282,33 @@ def test_per_row_pass_matches_separate_passes_and_keeps_gradients_apart(backbone
     leaked = gradients()
     assert all(leaked[k] is None or not leaked[k].any() for k in leaked if k.startswith("value"))
     assert any(leaked[k] is not None and leaked[k].any() for k in leaked if k.startswith("policy"))
+
+
+def test_gradient_checkpointing_gives_the_same_loss_gradients_and_answers(backbone, batch, tiny_model_dir):
+    """model.gradient_checkpointing recomputes activations in training passes: same numbers, same answers."""
+    from lorahf.stages.sft import response_loss
+
+    def run(bb):
+        bb.add_adapter("sft", LoraSpec())
+        _randomize(bb, "sft", seed=3)
+        bb.use("sft").set_trainable("sft")
+        bb.model.train()
+        torch.manual_seed(5)  # dropout draws the same masks: non-reentrant checkpointing replays the RNG
+        loss = response_loss(bb, batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in bb.parameters("sft")]
+        answers, _ = bb.generate(batch, max_new_tokens=8)
+        return loss.detach(), grads, answers
+
+    plain = run(backbone)
+    assert not backbone.model.is_activation_checkpointing
+    backbone.close()
+    checkpointed = Backbone.load(str(tiny_model_dir), quantization="8bit", gradient_checkpointing=True)
+    try:
+        assert checkpointed.model.is_activation_checkpointing
+        again = run(checkpointed)
+    finally:
+        checkpointed.close()
+    assert torch.allclose(plain[0], again[0], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain[1], again[1]))
+    assert torch.equal(plain[2], again[2])
