@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import socket
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -124,20 +126,15 @@ class Backbone:
 
         quiet_libraries()
         target = _pick_device(device)
-        local = Path(name)
-        if (local.exists() or name.startswith((".", "/"))) and not (local / "config.json").is_file():
-            raise LorahfError(f"{name}: not a model folder (no config.json); give a hub id such as "
-                              "google/flan-t5-base or a folder written by save_pretrained")
+        _check_folder(name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
             model = AutoModelForSeq2SeqLM.from_pretrained(
                 name, dtype=_compute_dtype(target), device_map={"": str(target)},
                 quantization_config=_quantization_config(quantization, target))
-        except OSError as error:
-            raise LorahfError(f"{name}: cannot load the model ({str(error).splitlines()[0]})") from None
-        if not model.config.is_encoder_decoder:
-            raise LorahfError(f"{name}: lorahf needs an encoder-decoder model (T5 family), "
-                              f"this is {model.config.model_type}")
+        except (OSError, ValueError) as error:
+            raise LorahfError(f"{name}: cannot load the model ({_first_line(error)})") from None
+        _check_pair(name, model.config, tokenizer)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         if gradient_checkpointing:  # non-reentrant: no input needs requires_grad, dropout's RNG is replayed
@@ -314,14 +311,21 @@ class Backbone:
             raise LorahfError(f"{folder}: not an adapter folder (no {ADAPTER_CONFIG})")
         if self.has_adapter(role):
             self._delete(role)
-        if self.peft is None:
-            self.peft = PeftModel.from_pretrained(self.base, str(folder), adapter_name=role, is_trainable=True)
-        else:
-            self.peft.load_adapter(str(folder), adapter_name=role, is_trainable=True)
-        if (folder / HEAD_FILE).is_file():
-            head = ScalarHead(self.d_model).to(self.device)
-            head.load_state_dict(load_file(str(folder / HEAD_FILE), device=str(self.device)))
-            self.heads[role] = head
+        try:
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.base, str(folder), adapter_name=role, is_trainable=True)
+            else:
+                self.peft.load_adapter(str(folder), adapter_name=role, is_trainable=True)
+            if (folder / HEAD_FILE).is_file():
+                head = ScalarHead(self.d_model).to(self.device)
+                head.load_state_dict(load_file(str(folder / HEAD_FILE), device=str(self.device)))
+                self.heads[role] = head
+        except (KeyError, ValueError, TypeError, RuntimeError, OSError) as error:  # not a folder this base can read
+            if self.peft is not None and role in self.peft.peft_config:
+                self._delete(role)
+            raise LorahfError(f"{folder}: cannot load this adapter ({type(error).__name__}: {_first_line(error)})",
+                              hint="it was written for another base or left damaged; rerun the stage that "
+                                   "writes it with `lorahf run RECIPE --stage STAGE`") from None
         self._refresh()
 
     # ------------------------------------------------------------------------------------ memory
@@ -508,6 +512,67 @@ def _quant_state_bytes(tensor: torch.Tensor) -> int:
     """bitsandbytes keeps int8 row scales (SCB) beside the weight, outside the state dict."""
     scales = getattr(tensor, "SCB", None)
     return scales.numel() * scales.element_size() if isinstance(scales, torch.Tensor) else 0
+
+
+def check_base(name: str, quantization: str = "8bit", device: str = "auto") -> None:
+    """Refuse, without reading any weights, what `Backbone.load` would refuse: a folder that is not a
+    model, a model that is not an encoder-decoder, a tokenizer that does not belong to the model, a
+    device or quantization this machine cannot run."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    quiet_libraries()
+    target = _pick_device(device)
+    _check_folder(name)
+    try:
+        config = AutoConfig.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as error:  # OSError, ValueError, or the tokenizers library's own exception
+        raise LorahfError(f"{name}: cannot load the model ({_first_line(error)})") from None
+    _check_pair(name, config, tokenizer)
+    _quantization_config(quantization, target)
+
+
+def _check_folder(name: str) -> None:
+    """A local folder must hold a model; a hub id must be cached or the hub reachable (else the hub client
+    retries for about 20 seconds before it fails)."""
+    local = Path(name)
+    if local.exists() or name.startswith((".", "/")):
+        if not (local / "config.json").is_file():
+            raise LorahfError(f"{name}: not a model folder (no config.json); give a hub id such as "
+                              "google/flan-t5-base or a folder written by save_pretrained")
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    if constants.HF_HUB_OFFLINE:
+        problem = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            socket.create_connection((host, 443), timeout=5).close()
+            return
+        except OSError as error:
+            problem = f"{host} cannot be reached ({error.strerror or error})"
+    raise LorahfError(f"{name}: not a local folder, not in the hub cache, and {problem}",
+                      hint="download it where there is a network (hf download NAME) or give a local folder")
+
+
+def _check_pair(name: str, config, tokenizer) -> None:
+    if not getattr(config, "is_encoder_decoder", False):
+        raise LorahfError(f"{name}: lorahf needs an encoder-decoder model (T5 family), this is {config.model_type}")
+    vocabulary = getattr(config, "vocab_size", None)
+    if vocabulary is not None and len(tokenizer) > vocabulary:
+        raise LorahfError(f"{name}: its tokenizer has {len(tokenizer):,} tokens but the model only {vocabulary:,}: "
+                          "they do not belong together", hint="use the tokenizer saved with this model")
+    if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+        raise LorahfError(f"{name}: its tokenizer has no {'EOS' if tokenizer.eos_token_id is None else 'pad'} "
+                          "token; T5 tokenizers have both", hint="use the tokenizer saved with this model")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _pick_device(device: str) -> torch.device:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lorahf import __version__
@@ -28,9 +29,7 @@ def friendly(command):
         except LorahfError as error:
             if debug:
                 raise
-            errors.print(f"[bold red]error:[/bold red] {error.message}", highlight=False, markup=True, soft_wrap=True)
-            if error.hint:
-                errors.print(f"[dim]hint: {error.hint}[/dim]", highlight=False)
+            say_error(error.message, error.hint)
             sys.exit(1)
         except KeyboardInterrupt:
             errors.print("[yellow]interrupted[/yellow]: finished stages are kept; run the same command to resume")
@@ -39,7 +38,36 @@ def friendly(command):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def say_error(message: str, hint: str | None = None) -> None:
+    """An error as lorahf shows every error: one `error:` line, then a `hint:` line where one helps."""
+    errors.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    if hint:
+        errors.print(f"[dim]hint: {escape(hint)}[/dim]", highlight=False, soft_wrap=True)
+
+
+class Lorahf(click.Group):
+    """The command group; click's own usage errors (a missing argument, an unknown option) read like
+    lorahf's: one `error:` line and a hint, instead of the usage text."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            returned = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as error:
+            command = error.ctx.command_path if error.ctx else "lorahf"
+            say_error(error.format_message(), f"`{command} -h` shows how to call it")
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            say_error(error.format_message())
+            sys.exit(error.exit_code)
+        except click.Abort:
+            errors.print("aborted")
+            sys.exit(1)
+        sys.exit(returned if isinstance(returned, int) else 0)
+
+
+@click.group(cls=Lorahf, name="lorahf", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lorahf")
 @click.option("--debug", is_flag=True, help="Show full Python tracebacks.")
 def main(debug: bool) -> None:

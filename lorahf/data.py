@@ -111,14 +111,23 @@ def load_rows(
     _check_mapping(shape, columns)
 
     loaded: list[tuple[str, Layout, dict[str, list]]] = []
+    seen: set[str] = set()
     for source in sources:
         table = load_table(source)
+        seen.update(table.column_names)
         layout = _choose_layout(source, shape, table.column_names, columns)
         if layout.name == "pairwise" and TIE_COLUMN in table.column_names:
             with _quiet_datasets():  # judged ties prefer neither response
                 table = table.filter(lambda tie: not tie, input_columns=TIE_COLUMN, keep_in_memory=True)
         names = _map_columns(source, layout, table.column_names, columns)
         loaded.append((source, layout, _checked_columns(source, layout, table, names)))
+
+    unused = [(canonical, name) for canonical, name in columns.items() if name != canonical and name not in seen]
+    if unused:  # a typo in `columns:` that the canonical-name fallback would otherwise hide
+        canonical, name = unused[0]
+        match = difflib.get_close_matches(name, sorted(seen), n=1)
+        raise DataError(f"{', '.join(sources)}: no file has the column {name!r} that `columns:` maps to {canonical!r}"
+                        + (f"; did you mean {match[0]!r}?" if match else ""), hint=_COLUMNS_HINT)
 
     first_source, layout, first_rows = loaded[0]
     for source, other_layout, rows in loaded[1:]:
@@ -275,11 +284,18 @@ def _row_problem(layout: Layout, values: dict[str, object], names: dict[str, str
     return None
 
 
+MAX_TEXT_CHARACTERS = 200_000
+"""A text longer than this (about 100 times a T5 context) is a broken file or column, not a prompt."""
+
+
 def _text_problem(value: object) -> str | None:
     if not isinstance(value, str):
         return f"is {_describe(value)}, expected text"
     if not value.strip():
         return "is empty" if not value else "is only whitespace"
+    if len(value) > MAX_TEXT_CHARACTERS:
+        return (f"is {len(value):,} characters long (at most {MAX_TEXT_CHARACTERS:,}): a whole document or file "
+                "in one cell? cut it to what the model should read")
     return None
 
 

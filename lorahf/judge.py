@@ -133,11 +133,17 @@ def load_function(target: str) -> Callable:
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:  # the user's file: say where it broke, in one line
+            sys.modules.pop(name, None)
+            line = f" line {error.lineno}" if isinstance(error, SyntaxError) else ""
+            raise LorahfError(f"judge '{target}': {location}{line} failed to import "
+                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
     else:
         try:
             module = importlib.import_module(location)
-        except ImportError as error:
+        except Exception as error:  # ImportError, or the module's own code failing
             raise LorahfError(f"judge '{target}': cannot import {location} ({error})") from None
     function = getattr(module, attribute, None)
     if not callable(function):
@@ -184,14 +190,8 @@ class LLMJudge(Judge):
         if client is None:
             from openai import OpenAI
 
-            key = "not-needed"
-            if spec.api_key_env:
-                key = os.environ.get(spec.api_key_env)
-                if not key:
-                    raise LorahfError(f"judge '{name}': environment variable {spec.api_key_env} is not set",
-                                      hint="export it, or set judges.<name>.llm.api_key_env: null for an endpoint "
-                                           "without keys")
-            client = OpenAI(base_url=spec.base_url, api_key=key, timeout=spec.timeout, max_retries=spec.max_retries)
+            client = OpenAI(base_url=spec.base_url, api_key=api_key(name, spec), timeout=spec.timeout,
+                            max_retries=spec.max_retries)
         self.client = client
 
     def compare(self, prompts, responses_a, responses_b):
@@ -226,6 +226,17 @@ class LLMJudge(Judge):
         except (openai.APIError, openai.APIConnectionError, IndexError, AttributeError):
             return None  # after the client's own retries: this item gets no verdict
         return parse_verdict(text)
+
+
+def api_key(name: str, spec) -> str:
+    """The LLM judge's key from its environment variable (a placeholder for endpoints without keys)."""
+    if not spec.api_key_env:
+        return "not-needed"
+    key = os.environ.get(spec.api_key_env)
+    if not key:
+        raise LorahfError(f"judge '{name}': environment variable {spec.api_key_env} is not set",
+                          hint="export it, or set judges.<name>.llm.api_key_env: null for an endpoint without keys")
+    return key
 
 
 def parse_verdict(text: str) -> str | None:

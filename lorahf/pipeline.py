@@ -49,6 +49,7 @@ def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stag
         recipe = recipes.load(recipe, overrides)
     selected = select_stages(recipe, stage, from_stage)
     folder = RunFolder(recipe.run_dir)
+    preflight(recipe, folder, selected, explicit=bool(stage or from_stage))
     with _plain_errors(folder), folder.lock(command) as recovered:
         if recovered:
             progress.note(f"[yellow]{recovered}[/yellow]")
@@ -172,6 +173,34 @@ def select_stages(recipe: recipes.Recipe, stage: str | None, from_stage: str | N
     return list(recipe.stages)
 
 
+def preflight(recipe: recipes.Recipe, folder: RunFolder, selected: list[str], explicit: bool) -> None:
+    """Read what the stages that will run are going to read, before the run folder is touched: a mistake in
+    the last stage's data or a judge's file costs seconds, not the stages before it. Read-only."""
+    from lorahf import data
+    from lorahf.backbone import check_base
+    from lorahf.judge import api_key, load_function
+
+    if not recipe.model.make_tiny_from or Path(recipe.model.name).exists():
+        check_base(recipe.model.name, recipe.model.quantization, recipe.model.device)
+    will_run = [name for name in selected if explicit or not folder.is_done(name, recipe.stage_hash(name))]
+    for name in will_run:
+        section = getattr(recipe, name)
+        spec = section.data if section.data is not None else (recipe.ppo.data if recipe.ppo else None)
+        if spec is None:
+            continue
+        for files in (spec.files, spec.eval_files):
+            if files:
+                data.load_rows(files, STAGE_DATA_SHAPES[name], spec.columns)
+    if will_run:
+        for judge in recipe.judges.values():
+            if judge.python:
+                load_function(judge.python)
+    if "evaluate" in will_run:
+        for name in recipe.evaluate.judges or list(recipe.judges):
+            if name in recipe.judges and recipe.judges[name].llm:
+                api_key(name, recipe.judges[name].llm)
+
+
 def ensure_base(recipe: recipes.Recipe, progress: Progress) -> None:
     """Offline quickstart: build the tiny T5 where the recipe expects the base, if it is not there yet."""
     from lorahf.tiny import is_stale, make_tiny
@@ -260,6 +289,9 @@ def judge(run_dir: str | Path, judge_name: str, a: str, b: str, n: int, out: str
     progress = progress or Progress()
     recipe = load_run(run_dir)
     folder = RunFolder(recipe.run_dir)
+    if judge_name != "reward" and judge_name not in recipe.judges:  # before the model loads
+        raise LorahfError(f"{run_dir}: no judge named {judge_name} (available: {', '.join(['reward', *recipe.judges])})",
+                          hint="judges come from the recipe's `judges:`; `reward` needs a trained reward stage")
     out = PreferenceFile(out)
     backbone = Backbone.load(recipe.model.name, recipe.model.quantization, recipe.model.device)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -363,7 +364,12 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recip
     path = Path(path)
     if not path.is_file():
         raise RecipeError(str(path), ["file not found"], hint="check the path, or copy one from recipes/")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise RecipeError(str(path), [f"line {line}: not UTF-8 text (byte 0x{error.object[error.start]:02x})"],
+                          hint="save the recipe as UTF-8") from None
     try:
         node = yaml.compose(text)
         raw = yaml.safe_load(text)
@@ -462,7 +468,7 @@ def dump(recipe: Recipe) -> str:
 
 # -------------------------------------------------------------------------------- error formatting
 def _describe(detail: dict, lines: dict[str, int], overridden: set[str]) -> str:
-    loc = [part for part in detail["loc"] if not str(part).startswith("function-")]
+    loc = [part for part in detail["loc"] if not _VALIDATOR_STEP.match(str(part))]
     key = _key_path(loc)
     kind = detail["type"]
     if kind == "extra_forbidden":
@@ -499,9 +505,15 @@ def _with_line(key: str, message: str, lines: dict[str, int], overridden: set[st
     return f"{'line ' + str(line) + ': ' if line else ''}{key or '(top level)'}: {message}"
 
 
+_VALIDATOR_STEP = re.compile(r"function-(after|before|wrap|plain)\[")  # pydantic's own entries in an error's loc
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_\-]+")
+
+
 def _key_path(loc: list) -> str:
     path = ""
     for part in loc:
+        if not isinstance(part, int) and not _PLAIN_KEY.fullmatch(str(part)):
+            part = repr(str(part))  # a key with spaces, dots or newlines, shown so that the line stays one line
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path
 

@@ -132,6 +132,8 @@ def ensure_adapter(backbone, folder, role: str, needed_by: str) -> None:
     if backbone.has_adapter(role):
         return
     if not folder.adapter_dir(role).is_dir():
-        raise LorahfError(f"the {needed_by} stage starts from the '{role}' adapter, but {folder.adapter_dir(role)} "
-                          "does not exist", hint=f"run the {role} stage first")
+        stage = {"policy": "ppo", "value": "ppo"}.get(role, role)
+        raise LorahfError(f"{needed_by} needs the '{role}' adapter, but {folder.adapter_dir(role)} does not exist",
+                          hint=f"the {stage} stage writes it: lorahf run RECIPE --stage {stage}"
+                          if stage in ("sft", "reward", "ppo") else "name an adapter this run has trained")
     backbone.load_adapter(role, folder.adapter_dir(role))

@@ -67,6 +67,6 @@ def test_stage_selection_errors(recipe):
 
 
 def test_reward_without_sft_adapter_says_what_to_run(recipe):
-    with pytest.raises(LorahfError, match="starts from the 'sft' adapter") as error:
+    with pytest.raises(LorahfError, match="reward needs the 'sft' adapter") as error:
         pipeline.run(recipe, stage="reward")
-    assert error.value.hint == "run the sft stage first"
+    assert error.value.hint == "the sft stage writes it: lorahf run RECIPE --stage sft"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
@@ -147,3 +148,72 @@ def test_every_field_is_documented():
             if nested is not None:
                 walk(nested)
     walk(recipes.Recipe)
+
+
+# ------------------------------------------------------------------------------------ property tests
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(), st.text(max_size=12),
+                     st.sampled_from(["sft", "reward", "ppo", "evaluate", "8bit", "pairwise", "k3", "", "1e-3"]))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                       max_leaves=10)
+
+
+def _full_recipe() -> dict:
+    """The quickstart recipe with every default filled in and every section present: the keys to break."""
+    raw = recipes.load("recipes/quickstart.yaml").model_dump(mode="json")
+    raw["judges"]["critic"] = {"llm": {"base_url": "http://localhost:1/v1", "model": "m"}}
+    return raw
+
+
+def _paths(node, prefix=()) -> list[tuple]:
+    paths = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            paths += _paths(value, prefix + (key,))
+    return paths
+
+
+_FULL = _full_recipe()
+_PATHS = _paths(_FULL)
+
+
+def _set(raw: dict, path: tuple, value, delete: bool) -> None:
+    node = raw
+    for key in path[:-1]:
+        if not isinstance(node.get(key), dict):
+            return
+        node = node[key]
+    if delete:
+        node.pop(path[-1], None)
+    else:
+        node[path[-1]] = value
+
+
+@settings(max_examples=int(os.environ.get("LORAHF_EXAMPLES", 300)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.text(max_size=12), _VALUES, max_size=6))
+def test_random_dictionaries_validate_or_raise_recipe_error(raw):
+    try:
+        recipes.validate(raw)
+    except RecipeError as error:
+        assert error.problems and all(isinstance(p, str) and "\n" not in p for p in error.problems)
+
+
+@settings(max_examples=int(os.environ.get("LORAHF_EXAMPLES", 400)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(_PATHS), _VALUES, st.booleans()), min_size=1, max_size=4))
+def test_a_full_recipe_with_random_values_validates_or_raises_recipe_error(changes):
+    import copy
+
+    raw = copy.deepcopy(_FULL)
+    for path, value, delete in changes:
+        _set(raw, path, value, delete)
+    try:
+        recipe = recipes.validate(raw)
+    except RecipeError as error:
+        assert error.problems and all(isinstance(p, str) and "\n" not in p for p in error.problems)
+    else:
+        for stage in recipe.stages:  # what a run computes first from a valid recipe must not fail either
+            recipe.stage_hash(stage)
+        recipes.dump(recipe)
