@@ -2,12 +2,17 @@
 
     python benchmarks/kill_resume.py --kills 20                     # the quickstart recipe
     python benchmarks/kill_resume.py --recipe R.yaml --kills 3 --set sft.max_steps=40
+    python benchmarks/kill_resume.py --recipe R.yaml --kills 20 --mode saves    # every kill inside a save
 
 1. An uninterrupted reference run (`<name>-reference`) gives the duration to spread the kills over and the
    final metrics to compare with.
-2. The killed run (`<name>-killed`) is started with `python -m lorahf run RECIPE --set name=...`; after a
-   random delay (uniform over the reference's duration, so every stage, and the saves inside it, get their
-   share) it is SIGKILLed; then started again; after --kills kills it runs to the end.
+2. The killed run (`<name>-killed`) is started with `lorahf run RECIPE --set name=...` (through
+   kill_at_save.py); after a random delay (uniform over the reference's duration, so every stage gets its
+   share) it is SIGKILLed, or, with `--mode saves`, it kills itself at a random one of the reference's
+   save renames, just before it or just after it (`--mode mixed`: alternately); then it is started again;
+   after --kills kills it runs to the end. A random moment falls inside a save only by chance; `saves`
+   aims there, including the moment a replaced folder has been moved aside and its new version is not yet
+   in place (the next run puts the old version back: `RunFolder.finish_interrupted_saves`).
 3. Checks: the run completed (every stage's marker done); `lorahf.runs.verify` finds nothing (every JSON,
    JSONL, YAML and safetensors file parses, adapters have their config, no temporary file is left,
    metrics.jsonl logs each step once); each stage logged the same steps as the reference; the final metrics
@@ -33,15 +38,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
 NOT_COMPARED = ("wall_s", "seconds", "peak_memory", "finished_at", "seconds_per_iteration")
 
 
-def lorahf_run(recipe: str, name: str, sets: list[str], cwd: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "lorahf", "run", recipe, "--set", f"name={name}"]
+def lorahf_run(recipe: str, name: str, sets: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """`lorahf run` in a child process, through kill_at_save.py (which only counts renames unless told to kill)."""
+    command = [sys.executable, str(HERE / "kill_at_save.py"), "run", recipe, "--set", f"name={name}"]
     for item in sets:
         command += ["--set", item]
     return subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
 def stage_running(run_dir: Path, stages: list[str]) -> str:
@@ -52,24 +59,35 @@ def stage_running(run_dir: Path, stages: list[str]) -> str:
     return "end"
 
 
-def run_with_kills(recipe: str, name: str, sets: list[str], kills: int, duration: float, seed: int, cwd: Path,
-                   stages: list[str], output_dir: Path) -> dict:
+def run_with_kills(recipe: str, name: str, sets: list[str], kills: int, duration: float, saves: int, seed: int,
+                   cwd: Path, stages: list[str], output_dir: Path, mode: str) -> dict:
+    """Kill the run `kills` times, each followed by the same command. Mode `time`: at a random moment;
+    `saves`: at a random save (just before or just after one of its renames); `mixed`: alternately."""
     rng = random.Random(seed)
     run_dir = output_dir / name
     landed, restarts = [], 0
     while len(landed) < kills:
-        process = lorahf_run(recipe, name, sets, cwd)
-        time.sleep(rng.uniform(0.05, 1.0) * duration)
-        if process.poll() is not None:  # it finished before the kill: a clean run of what was left
+        at_save = mode == "saves" or (mode == "mixed" and len(landed) % 2 == 1)
+        if at_save:
+            event = f"{rng.randint(1, saves)}:{rng.choice(['before', 'between'])}"
+            process = lorahf_run(recipe, name, sets, cwd, env={"LORAHF_KILL_AT": event})
+            process.wait()
+        else:
+            process = lorahf_run(recipe, name, sets, cwd)
+            time.sleep(rng.uniform(0.05, 1.0) * duration)
+        if process.poll() is not None and process.returncode != -signal.SIGKILL:
+            # it finished before the kill: a clean run of what was left
             restarts += 1
             _, stderr = process.communicate()
             if process.returncode != 0:
                 return {"landed": landed, "restarts": restarts, "failed": stderr[-2000:]}
             shutil.rmtree(run_dir)  # start over, so that the remaining kills still land somewhere
             continue
-        landed.append(stage_running(run_dir, stages))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        where = stage_running(run_dir, stages)
+        landed.append(f"{where} (save {event})" if at_save else where)
+        if not at_save:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
     process = lorahf_run(recipe, name, sets, cwd)
     _, stderr = process.communicate()
     return {"landed": landed, "restarts": restarts, "failed": stderr[-2000:] if process.returncode else None}
@@ -118,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="a recipe override, repeatable")
     parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument("--mode", choices=("time", "saves", "mixed"), default="time",
+                        help="kill at random moments, inside random saves, or alternately")
     parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="where relative recipe paths start")
     args = parser.parse_args(argv)
 
@@ -129,17 +149,22 @@ def main(argv: list[str] | None = None) -> dict:
     for suffix in ("reference", "killed"):
         shutil.rmtree(output_dir / f"{loaded.name}-{suffix}", ignore_errors=True)
     started = time.perf_counter()
-    reference = lorahf_run(args.recipe, f"{loaded.name}-reference", args.sets, args.cwd)
+    count_file = output_dir / f".{loaded.name}-saves"
+    reference = lorahf_run(args.recipe, f"{loaded.name}-reference", args.sets, args.cwd,
+                           env={"LORAHF_COUNT_SAVES": str(count_file)})
     _, stderr = reference.communicate()
     if reference.returncode:
         raise SystemExit(f"the reference run failed:\n{stderr[-2000:]}")
     duration = time.perf_counter() - started
-    outcome = run_with_kills(args.recipe, f"{loaded.name}-killed", args.sets, args.kills, duration, args.seed,
-                             args.cwd, loaded.stages, output_dir)
+    saves = int(count_file.read_text())
+    count_file.unlink()
+    outcome = run_with_kills(args.recipe, f"{loaded.name}-killed", args.sets, args.kills, duration, saves, args.seed,
+                             args.cwd, loaded.stages, output_dir, args.mode)
     problems = [f"the killed run failed: {outcome['failed']}"] if outcome["failed"] else compare(
         output_dir / f"{loaded.name}-reference", output_dir / f"{loaded.name}-killed", loaded.stages, args.tolerance)
     result = {"recipe": args.recipe, "kills": len(outcome["landed"]), "landed_in": outcome["landed"],
               "clean_runs_restarted": outcome["restarts"], "reference_seconds": round(duration, 1),
+              "reference_save_renames": saves, "mode": args.mode,
               "problems": problems, "ok": not problems}
     print(json.dumps(result))
     return result

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -29,6 +30,7 @@ from typing import Any, Iterator
 from lorahf.errors import LorahfError
 
 TEMP_PREFIX = ".tmp-"
+_OLD_NAME = re.compile(re.escape(TEMP_PREFIX) + r"old-(?P<name>.+)-\d+")  # a folder moved aside by atomic_path
 LOCK_FILE = ".lock"
 OWNER_FILE = ".lock-owner.json"  # who holds the lock; left behind only by a process that died
 
@@ -120,6 +122,10 @@ class RunFolder:
         previous = self._owner()
         recovered = (f"{self.root}: recovered the lock of an earlier process (pid {previous.get('pid')}, "
                      f"`{previous.get('command')}`) that ended without releasing it" if previous else None)
+        restored = self.finish_interrupted_saves()
+        if restored:
+            recovered = "; ".join(filter(None, [recovered, f"{self.root}: restored {', '.join(restored)} "
+                                                           "as it was before a save that was interrupted"]))
         try:
             write_json(self.root / OWNER_FILE, {"pid": os.getpid(), "command": command,
                                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -127,6 +133,28 @@ class RunFolder:
         finally:
             (self.root / OWNER_FILE).unlink(missing_ok=True)
             held.release()
+
+    def finish_interrupted_saves(self) -> list[str]:
+        """Clean up after a process killed inside `atomic_path` (call with the lock held: no one else writes).
+
+        A save killed before its rename leaves a temporary folder beside the untouched old version: removed.
+        A folder save killed between its two renames has moved the old version aside and not yet put the new
+        one in place: the old version goes back. Returns the paths put back."""
+        restored = []
+        if not self.root.is_dir():
+            return restored
+        for path in sorted(self.root.rglob(TEMP_PREFIX + "*"), key=lambda p: len(p.parts)):
+            if not path.exists() and not path.is_symlink():
+                continue  # inside a temporary folder removed a moment ago
+            aside = _OLD_NAME.fullmatch(path.name)
+            if aside and not (path.parent / aside["name"]).exists():
+                path.rename(path.parent / aside["name"])
+                restored.append(str((path.parent / aside["name"]).relative_to(self.root)))
+            elif path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return restored
 
     def _owner(self) -> dict | None:
         try:

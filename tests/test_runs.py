@@ -44,3 +44,28 @@ def test_markers_and_metrics(tmp_path):
         handle.write('{"stage": "sft", "st')  # a line cut by a kill
     assert [r["loss"] for r in folder.read_metrics("sft")] == [2.0, 1.5]
     assert len(folder.read_metrics()) == 3
+
+
+def test_a_save_killed_inside_atomic_path_is_finished_by_the_next_holder_of_the_lock(tmp_path):
+    """Killed before its rename: the temporary copy goes, the old version stays. Killed between a folder's two
+    renames (old moved aside, new not yet in place): the old version goes back."""
+    folder = RunFolder(tmp_path / "run")
+    adapters = folder.root / "adapters"
+    (adapters / "sft").mkdir(parents=True)
+    (adapters / "sft" / "weights").write_text("old sft")
+    (adapters / ".tmp-sft-k2j3h1" / "sft").mkdir(parents=True)  # a new sft, killed before its rename
+    (adapters / ".tmp-sft-k2j3h1" / "sft" / "weights").write_text("new sf")
+    (adapters / ".tmp-old-policy-4242").mkdir()  # policy moved aside, the new one not in place yet
+    (adapters / ".tmp-old-policy-4242" / "weights").write_text("old policy")
+    (adapters / ".tmp-policy-x9y8z7" / "policy").mkdir(parents=True)
+    (adapters / ".tmp-old-value-77").mkdir()  # value replaced, only the cleanup of the old one was cut short
+    (adapters / "value").mkdir()
+    (adapters / "value" / "weights").write_text("new value")
+    (folder.root / ".tmp-metrics.json-abc").write_text("{")
+
+    with folder.lock() as note:
+        assert "restored adapters/policy" in note
+    assert (adapters / "sft" / "weights").read_text() == "old sft"
+    assert (adapters / "policy" / "weights").read_text() == "old policy"
+    assert (adapters / "value" / "weights").read_text() == "new value"
+    assert not [p for p in folder.root.rglob(".tmp-*")]
