@@ -20,7 +20,7 @@ from lorahf.errors import LorahfError
 from lorahf.recipe import validate
 from lorahf.runs import OWNER_FILE, RunFolder
 
-from tests.conftest import REPO, tiny_run_recipe
+from tests.conftest import REPO, tiny_ppo_section, tiny_run_recipe
 
 HOLD = """
 import sys, time
@@ -132,3 +132,71 @@ def test_running_out_of_memory_names_what_to_lower(finished, monkeypatch):
         pipeline.run(validate(raw), stage="sft")
     assert "sft.batch_size" in caught.value.hint
     assert (root / "adapters" / "sft" / "adapter_model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------ numbers that are not finite
+def _one_error_line(tmp_path, raw) -> str:
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "recipe.yaml")])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def _loadable(tiny_model_dir, folder) -> None:
+    from lorahf.backbone import Backbone
+
+    backbone = Backbone.load(str(tiny_model_dir))
+    try:
+        backbone.load_adapter("check", folder)
+        assert all(torch.isfinite(p).all() for p in backbone.parameters("check"))
+    finally:
+        backbone.close()
+
+
+def test_a_nan_loss_stops_sft_naming_the_step_and_the_saved_adapter_still_loads(tmp_path, tiny_model_dir, monkeypatch):
+    from lorahf.stages import sft
+
+    calls = {"training": 0}
+    honest = sft.response_loss
+
+    def poisoned(backbone, batch):
+        loss = honest(backbone, batch)
+        if backbone.model.training:
+            calls["training"] += 1
+            if calls["training"] == 5:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(sft, "response_loss", poisoned)
+    raw = tiny_run_recipe(tmp_path, tiny_model_dir, "nan", ["sft"], sft_steps=8)
+    raw["sft"]["eval_every"] = 2
+    line = _one_error_line(tmp_path, raw)
+    assert "sft: the loss is nan at step 5" in line
+    root = tmp_path / "runs" / "nan"
+    assert not (root / "stages" / "sft.json").exists()
+    assert pipeline_verify(root) == []
+    _loadable(tiny_model_dir, root / "adapters" / "sft")  # the best adapter of steps 0-4
+
+
+def test_a_nan_reward_stops_ppo_naming_the_iteration_and_the_checkpoint_still_loads(tmp_path, tiny_model_dir):
+    judge = tmp_path / "flaky.py"
+    judge.write_text("calls = 0\n\ndef score(prompt, response):\n    global calls\n    calls += 1\n"
+                     "    return float('nan') if calls > 4 + 8 * 3 else len(response) / 10\n")
+    raw = tiny_run_recipe(tmp_path, tiny_model_dir, "nanppo", ["sft", "ppo"], sft_steps=4,
+                          ppo=tiny_ppo_section(iterations=6, eval_every=10, checkpoint_every=2,
+                                               reward_judge="flaky"))
+    raw["judges"]["flaky"] = {"python": f"{judge}:score"}
+    line = _one_error_line(tmp_path, raw)  # 4 held-out answers scored first, then 8 per iteration
+    assert "ppo: score_mean" in line and "not finite at iteration 4" in line
+    root = tmp_path / "runs" / "nanppo"
+    assert not (root / "stages" / "ppo.json").exists()
+    assert pipeline_verify(root) == []
+    _loadable(tiny_model_dir, root / "checkpoints" / "ppo" / "policy")
+
+
+def pipeline_verify(root):
+    from lorahf.runs import verify
+
+    return verify(root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from lorahf.errors import LorahfError
@@ -51,3 +52,15 @@ def test_update_refuses_a_nan_loss_and_leaves_weights_alone():
     else:
         raise AssertionError("a NaN loss was accepted")
     assert torch.equal(weight.detach(), torch.ones(3))
+
+
+def test_update_refuses_an_infinite_gradient_and_leaves_weights_alone():
+    from lorahf.training import update
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    weight.register_hook(lambda grad: grad * float("inf"))  # a finite loss whose gradient overflows
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    with pytest.raises(LorahfError, match="sft: the gradient norm is inf at step 3"):
+        update((weight * 2).sum(), optimizer, scheduler, [weight], 1.0, "sft", step=3)
+    assert torch.equal(weight.detach(), torch.ones(3)) and weight.grad is None
