@@ -192,6 +192,50 @@ def validate(recipe: str, overrides: tuple[str, ...], no_data: bool) -> None:
 
 
 @main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--gpu-memory", default=None, help="The card's memory, e.g. 12GiB or 24GB: say per stage whether it "
+              "fits, and what to change where it does not.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field (repeatable).")
+@friendly
+def plan(recipe: str, gpu_memory: str | None, overrides: tuple[str, ...]) -> None:
+    """Predict each stage's peak GPU memory from the model's config alone (no weights are read).
+
+    \b
+    Example:
+      lorahf plan recipes/flan-t5-xl.yaml --gpu-memory 12GiB
+    """
+    from lorahf import recipe as recipes
+    from lorahf.plan import GIB, advise, needed, parse_memory, plan as plan_memory
+
+    loaded = recipes.load(recipe, list(overrides))
+    budget = parse_memory(gpu_memory) if gpu_memory else None
+    stages = plan_memory(loaded)
+    table = Table(title=f"{recipe}: {loaded.model.name}, {loaded.model.quantization}, prompts {loaded.max_prompt_tokens}"
+                        f" + responses {loaded.max_response_tokens} tokens (GiB, peak per stage)", header_style="bold")
+    for column in ("stage", "base", "adapters", "training step", "generation", "peak") + (("fits",) if budget else ()):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    advice = []
+    for stage in stages:
+        cells = [stage.stage] + [f"{stage.parts[k] / GIB:.2f}" if k in stage.parts else "-"
+                                 for k in ("base", "adapters", "step", "rollout")] + [f"{stage.total / GIB:.2f}"]
+        if budget:
+            fits = needed(stage) <= budget
+            cells.append("[green]yes[/green]" if fits else "[red]no[/red]")
+            if not fits:
+                change = advise(loaded, stage, budget)
+                advice.append(f"{stage.stage}: needs about {needed(stage) / GIB:.1f} GiB of the card's "
+                              f"{budget / GIB:.1f}: " + (f"set {change}" if change else
+                                                         "no single setting is enough; try a smaller base"))
+        table.add_row(*cells)
+    console.print(table)
+    for line in advice:
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print("[dim]Peaks of PyTorch's tensors on a GPU (bf16, memory-efficient attention), batches with "
+                  "padding. A stage fits when the card holds its peak + 10 % + 0.5 GiB for CUDA itself. "
+                  "BENCHMARKS.md compares predictions with measured peaks.[/dim]")
+
+
+@main.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
 @click.option("--adapter", default="policy", show_default=True, help="The adapter to merge: sft, policy, policy-last, ...")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the merged model.")

@@ -1,0 +1,184 @@
+"""How close `lorahf plan` comes to measured peaks: on this CPU (run here) and on a GPU (measured earlier).
+
+    python benchmarks/plan_check.py
+
+CPU: the quickstart's tiny T5 and a flan-t5-small-shaped T5 (random, built here) are loaded as a run loads
+them (`Backbone.load`, 8-bit, the bitsandbytes CPU path), and one SFT step, one reward step and one PPO
+update pass run for real; the bytes of every tensor they create are counted while they live (the same
+counter the planner runs on the meta device, here on real tensors and real bitsandbytes layers). The
+planner predicts the same steps from the config alone (`plan.Shape(..., "cpu")`). Weights are compared
+separately: `plan.base_bytes` against the loaded model's tensors.
+
+GPU: benchmarks/results/gpu-h200-2026-11-26.jsonl holds peaks measured by benchmarks/gpu.py on an H200
+(`torch.cuda.max_memory_allocated`, prompts 512 and responses 64 tokens, no padding, the base built tied).
+The planner predicts the same setups: base (tied, as built), the four roles gpu.py creates before it
+measures, and each phase's step or rollout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+GPU_RESULTS = REPO / "benchmarks" / "results" / "gpu-h200-2026-11-26.jsonl"
+GIB, MIB = 2 ** 30, 2 ** 20
+
+
+def recipe_for(model: str, prompt: int, response: int, quantization: str = "8bit", checkpointing: bool = False,
+               sft: int = 8, reward: int = 4, ppo: int = 16, minibatch: int = 4):
+    from lorahf import recipe as recipes
+
+    return recipes.validate({
+        "name": "check", "model": {"name": model, "quantization": quantization,
+                                   "gradient_checkpointing": checkpointing},
+        "max_prompt_tokens": prompt, "max_response_tokens": response, "stages": ["sft", "reward", "ppo"],
+        "sft": {"data": {"files": ["unused.jsonl"]}, "batch_size": sft},
+        "reward": {"data": {"files": ["unused.jsonl"]}, "batch_size": reward},
+        "ppo": {"data": {"files": ["unused.jsonl"]}, "batch_size": ppo, "minibatch_size": minibatch}})
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+def gpu_rows() -> list[tuple]:
+    from lorahf import plan
+
+    rows = []
+    for line in GPU_RESULTS.read_text().splitlines():
+        measured = json.loads(line)
+        name = f"google/flan-t5-{measured['size']}"
+        config = plan.model_config(name)
+        base = plan.base_bytes(config, measured["quantization"], torch.bfloat16, tied=True)
+        rows.append((f"{measured['size']} {measured['quantization']}", "base", base, measured["load"]["base_gib"] * GIB))
+        for checkpointing in (False, True):
+            recipe = recipe_for(name, 512, 64, measured["quantization"], checkpointing)
+            shape = plan.Shape(config, torch.bfloat16, "cuda", padded=False)
+            roles = sum(shape.lora_bytes(recipe.lora.sft) for _ in range(4))  # gpu.py made all four first
+            suffix = "_checkpointing" if checkpointing else ""
+            steps = {"sft": lambda: shape.trace_sft(recipe, 8), "reward": lambda: shape.trace_reward(recipe, 8)}
+            if not checkpointing:
+                steps["ppo"] = lambda: max(shape.rollout_bytes(16, 512, 64, True, True),
+                                           shape.trace_ppo_update(recipe, 4, 16))
+            for phase, predict in steps.items():
+                if phase + suffix in measured and "peak_gib" in measured[phase + suffix]:
+                    rows.append((f"{measured['size']} {measured['quantization']}", phase + (" + ckpt" * checkpointing),
+                                 base + roles + predict(), measured[phase + suffix]["peak_gib"] * GIB))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ CPU
+def cpu_rows() -> list[tuple]:
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    from lorahf import plan
+    from lorahf.tiny import make_tiny
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        tiny = Path(folder) / "tiny"
+        make_tiny(REPO / "examples" / "summaries" / "data", tiny)
+        small = Path(folder) / "small"
+        d_model, d_ff, layers, heads = plan.FLAN_T5["small"]
+        torch.manual_seed(0)
+        T5ForConditionalGeneration(T5Config(
+            vocab_size=32128, d_model=d_model, d_ff=d_ff, d_kv=64, num_heads=heads, num_layers=layers,
+            num_decoder_layers=layers, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
+            decoder_start_token_id=0)).save_pretrained(small)
+        AutoTokenizer.from_pretrained(tiny).save_pretrained(small)
+        for model, (prompt, response, batch) in ((tiny, (96, 16, 16)), (small, (256, 32, 4))):
+            rows += _cpu_model(str(model), prompt, response, batch)
+        rows += _cpu_checkpointed(str(small), 256, 32, 4)
+    return rows
+
+
+def _cpu_checkpointed(model: str, prompt: int, response: int, batch: int) -> list[tuple]:
+    """The SFT step again with gradient checkpointing on."""
+    from lorahf import plan
+    from lorahf.backbone import Backbone
+    from lorahf.data import collate
+    from lorahf.stages.sft import response_loss
+
+    recipe = recipe_for(model, prompt, response, checkpointing=True, sft=batch)
+    shape = plan.Shape(plan.model_config(model), torch.float32, "cpu", padded=False)
+    backbone = Backbone.load(model, quantization="8bit", device="cpu", gradient_checkpointing=True)
+    try:
+        data = collate([[5] * (prompt - 1) + [1]] * batch, [[6] * (response - 1) + [1]] * batch, 0)
+        backbone.add_adapter("sft", recipe.lora.sft)
+        backbone.use("sft").set_trainable("sft")
+        backbone.model.train()
+        real = plan._peak(lambda: plan._train_step(response_loss(backbone, data), backbone.parameters("sft")))
+        return [(Path(model).name, "sft step + ckpt", shape.trace_sft(recipe, batch), real)]
+    finally:
+        backbone.close()
+
+
+def _cpu_model(model: str, prompt: int, response: int, batch: int) -> list[tuple]:
+    from lorahf import plan
+    from lorahf.backbone import Backbone
+    from lorahf.data import collate
+    from lorahf.ppo.rollout import logprobs_from_states, repeat
+    from lorahf.stages.sft import response_loss
+
+    label = Path(model).name
+    recipe = recipe_for(model, prompt, response, sft=batch, reward=batch // 2, ppo=batch, minibatch=batch // 2)
+    config = plan.model_config(model)
+    shape = plan.Shape(config, torch.float32, "cpu", padded=False)
+    backbone = Backbone.load(model, quantization="8bit", device="cpu")
+    rows = [(label, "base", plan.base_bytes(config, "8bit", torch.float32), backbone.memory_report().base_bytes)]
+    try:
+        data = collate([[5] * (prompt - 1) + [1]] * batch, [[6] * (response - 1) + [1]] * batch, 0)
+        backbone.add_adapter("sft", recipe.lora.sft)
+        backbone.use("sft").set_trainable("sft")
+        backbone.model.train()
+        real = plan._peak(lambda: plan._train_step(response_loss(backbone, data), backbone.parameters("sft")))
+        rows.append((label, "sft step", shape.trace_sft(recipe, batch), real))
+
+        backbone.add_adapter("reward", recipe.lora.reward, head=True)
+        backbone.use("reward").set_trainable("reward")
+        parameters = backbone.parameters("reward") + backbone.head("reward").trainable_parameters()
+        real = plan._peak(lambda: plan._train_step(backbone.sequence_scores(data).float().sum(), parameters))
+        rows.append((label, "reward step", shape.trace_reward(recipe, batch), real))
+
+        backbone.copy_adapter("sft", "policy")
+        backbone.copy_adapter("reward", "value")
+        backbone.set_trainable("policy", "value")
+        backbone.model.eval()
+        rows_ = batch // 2
+        part = collate([[5] * (prompt - 1) + [1]] * rows_, [[6] * (response - 1) + [1]] * rows_, 0)
+        states = torch.zeros(2 * rows_, prompt, config.d_model)
+        kept = 2 * batch * prompt * config.d_model * 4
+        parameters = backbone.parameters("policy") + backbone.parameters("value")
+
+        def update():
+            with backbone.per_row(["policy"] * rows_ + ["value"] * rows_):
+                policy_states, value_states = backbone.decode(repeat(part, 2), states).split(rows_)
+            logprobs, _ = logprobs_from_states(backbone, policy_states, part, recipe.ppo.temperature)
+            values = backbone.head("value")(value_states[:, :-1]).float()
+            plan._train_step(logprobs.sum() + values.sum(), parameters)
+        rows.append((label, "ppo update", shape.trace_ppo_update(recipe, rows_, batch), kept + plan._peak(update)))
+    finally:
+        backbone.close()
+    return rows
+
+
+def table(title: str, rows: list[tuple], unit: int, name: str) -> str:
+    lines = [f"{title}", f"| model | what | planned {name} | measured {name} | error |", "|---|---|---|---|---|"]
+    for model, what, planned, measured in rows:
+        lines.append(f"| {model} | {what} | {planned / unit:.2f} | {measured / unit:.2f} | "
+                     f"{(planned - measured) / measured:+.1%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(table("CPU (this machine; real steps, tensor bytes counted)", cpu_rows(), MIB, "MiB"))
+    print()
+    print(table("GPU (H200, measured by benchmarks/gpu.py; peak of the whole process's tensors)", gpu_rows(), GIB,
+                "GiB"))
+
+
+if __name__ == "__main__":
+    main()

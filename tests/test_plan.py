@@ -1,0 +1,92 @@
+"""`lorahf plan`: weights as loaded, training steps as they run (on the CPU, exactly), and every shipped recipe
+fits the card its header names. Its GPU accuracy is in BENCHMARKS.md (benchmarks/plan_check.py)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lorahf import plan
+from lorahf import recipe as recipes
+from lorahf.backbone import Backbone
+from lorahf.cli import main
+from lorahf.errors import LorahfError
+from tests.conftest import REPO
+
+SHIPPED = sorted((REPO / "recipes").glob("flan-t5-*.yaml"))
+
+
+def _recipe(model, quantization="8bit", checkpointing=False, batch=8):
+    return recipes.validate({
+        "name": "plan", "model": {"name": str(model), "quantization": quantization,
+                                  "gradient_checkpointing": checkpointing},
+        "max_prompt_tokens": 64, "max_response_tokens": 16, "stages": ["sft", "reward"],
+        "sft": {"data": {"files": ["unused.jsonl"]}, "batch_size": batch},
+        "reward": {"data": {"files": ["unused.jsonl"]}, "batch_size": batch // 2}})
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "none"])
+def test_planned_weights_are_the_loaded_models_bytes(tiny_model_dir, quantization):
+    backbone = Backbone.load(str(tiny_model_dir), quantization=quantization, device="cpu")
+    try:
+        loaded = backbone.memory_report().base_bytes
+    finally:
+        backbone.close()
+    config = plan.model_config(str(tiny_model_dir))
+    assert plan.base_bytes(config, quantization, torch.float32) == loaded
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_planned_training_step_is_what_the_real_step_allocates_on_the_cpu(tiny_model_dir, checkpointing):
+    """The planner traces lorahf's own SFT step on the meta device; the same step on the 8-bit tiny model
+    (real bitsandbytes layers, real tensors) allocates exactly as much."""
+    from lorahf.data import collate
+    from lorahf.stages.sft import response_loss
+
+    recipe = _recipe(tiny_model_dir, checkpointing=checkpointing)
+    predicted = plan.Shape(plan.model_config(str(tiny_model_dir)), torch.float32, "cpu",
+                           padded=False).trace_sft(recipe, 8)
+    backbone = Backbone.load(str(tiny_model_dir), quantization="8bit", device="cpu",
+                             gradient_checkpointing=checkpointing)
+    try:
+        backbone.add_adapter("sft", recipe.lora.sft)
+        backbone.use("sft").set_trainable("sft")
+        backbone.model.train()
+        batch = collate([[5] * 63 + [1]] * 8, [[6] * 15 + [1]] * 8, 0)
+        measured = plan._peak(lambda: plan._train_step(response_loss(backbone, batch), backbone.parameters("sft")))
+    finally:
+        backbone.close()
+    assert predicted == pytest.approx(measured, rel=0.01)
+
+
+def test_memory_sizes_parse_and_nonsense_is_one_line():
+    assert plan.parse_memory("12GiB") == 12 * 2 ** 30
+    assert plan.parse_memory("24 GB") == 24 * 10 ** 9
+    assert plan.parse_memory("16") == 16 * 2 ** 30
+    with pytest.raises(LorahfError, match="--gpu-memory 'lots'"):
+        plan.parse_memory("lots")
+
+
+def test_every_shipped_recipe_fits_the_card_it_names():
+    """Each recipes/flan-t5-*.yaml names its card in its first line and another card's overrides in its third;
+    `lorahf plan` (configs known without a hub) says every stage fits."""
+    assert len(SHIPPED) == 5
+    for path in SHIPPED:
+        lines = path.read_text().splitlines()
+        card = re.search(r"on one (\d+) GB GPU", lines[0])[1]
+        result = CliRunner().invoke(main, ["plan", str(path), "--gpu-memory", f"{card}GiB"])
+        assert result.exit_code == 0, result.output
+        assert "needs about" not in result.output and result.output.count("yes") == 4, result.output
+        other = lines[2].removeprefix("# ")
+        sets = shlex.split(other.split(":", 1)[1]) if "--set" in other else []
+        recipes.load(path, [value for flag, value in zip(sets[::2], sets[1::2]) if flag == "--set"])
+
+
+def test_a_recipe_too_big_for_the_card_gets_the_setting_to_change(tiny_model_dir):
+    result = CliRunner().invoke(main, ["plan", str(REPO / "recipes" / "flan-t5-base.yaml"), "--gpu-memory", "5GiB"])
+    assert result.exit_code == 0, result.output
+    assert "sft: needs about" in result.output and "set model.gradient_checkpointing: true" in result.output
