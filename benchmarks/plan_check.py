@@ -91,32 +91,12 @@ def cpu_rows() -> list[tuple]:
         AutoTokenizer.from_pretrained(tiny).save_pretrained(small)
         for model, (prompt, response, batch) in ((tiny, (96, 16, 16)), (small, (256, 32, 4))):
             rows += _cpu_model(str(model), prompt, response, batch)
-        rows += _cpu_checkpointed(str(small), 256, 32, 4)
+        rows += _cpu_model(str(small), 256, 32, 4, checkpointing=True)
     return rows
 
 
-def _cpu_checkpointed(model: str, prompt: int, response: int, batch: int) -> list[tuple]:
-    """The SFT step again with gradient checkpointing on."""
-    from lorahf import plan
-    from lorahf.backbone import Backbone
-    from lorahf.data import collate
-    from lorahf.stages.sft import response_loss
-
-    recipe = recipe_for(model, prompt, response, checkpointing=True, sft=batch)
-    shape = plan.Shape(plan.model_config(model), torch.float32, "cpu", padded=False)
-    backbone = Backbone.load(model, quantization="8bit", device="cpu", gradient_checkpointing=True)
-    try:
-        data = collate([[5] * (prompt - 1) + [1]] * batch, [[6] * (response - 1) + [1]] * batch, 0)
-        backbone.add_adapter("sft", recipe.lora.sft)
-        backbone.use("sft").set_trainable("sft")
-        backbone.model.train()
-        real = plan._peak(lambda: plan._train_step(response_loss(backbone, data), backbone.parameters("sft")))
-        return [(Path(model).name, "sft step + ckpt", shape.trace_sft(recipe, batch), real)]
-    finally:
-        backbone.close()
-
-
-def _cpu_model(model: str, prompt: int, response: int, batch: int) -> list[tuple]:
+def _cpu_model(model: str, prompt: int, response: int, batch: int, checkpointing: bool = False) -> list[tuple]:
+    """Weights, then an SFT step, a reward step and a PPO update pass (with checkpointing: the SFT step only)."""
     from lorahf import plan
     from lorahf.backbone import Backbone
     from lorahf.data import collate
@@ -124,18 +104,22 @@ def _cpu_model(model: str, prompt: int, response: int, batch: int) -> list[tuple
     from lorahf.stages.sft import response_loss
 
     label = Path(model).name
-    recipe = recipe_for(model, prompt, response, sft=batch, reward=batch // 2, ppo=batch, minibatch=batch // 2)
+    recipe = recipe_for(model, prompt, response, checkpointing=checkpointing, sft=batch, reward=batch // 2, ppo=batch,
+                        minibatch=batch // 2)
     config = plan.model_config(model)
     shape = plan.Shape(config, torch.float32, "cpu", padded=False)
-    backbone = Backbone.load(model, quantization="8bit", device="cpu")
-    rows = [(label, "base", plan.base_bytes(config, "8bit", torch.float32), backbone.memory_report().base_bytes)]
+    backbone = Backbone.load(model, quantization="8bit", device="cpu", gradient_checkpointing=checkpointing)
+    rows = [] if checkpointing else [(label, "base", plan.base_bytes(config, "8bit", torch.float32),
+                                      backbone.memory_report().base_bytes)]
     try:
         data = collate([[5] * (prompt - 1) + [1]] * batch, [[6] * (response - 1) + [1]] * batch, 0)
         backbone.add_adapter("sft", recipe.lora.sft)
         backbone.use("sft").set_trainable("sft")
         backbone.model.train()
         real = plan._peak(lambda: plan._train_step(response_loss(backbone, data), backbone.parameters("sft")))
-        rows.append((label, "sft step", shape.trace_sft(recipe, batch), real))
+        rows.append((label, "sft step" + " + ckpt" * checkpointing, shape.trace_sft(recipe, batch), real))
+        if checkpointing:
+            return rows
 
         backbone.add_adapter("reward", recipe.lora.reward, head=True)
         backbone.use("reward").set_trainable("reward")

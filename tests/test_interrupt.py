@@ -17,10 +17,11 @@ def test_ctrl_c_keeps_the_last_saved_adapter(tmp_path, tiny_model_dir):
         json.dumps({"prompt": f"report number {i}", "response": f"summary {i % 7}"}) + "\n" for i in range(64)))
     recipe = {"name": "ctrl-c", "output_dir": str(tmp_path / "runs"), "model": {"name": str(tiny_model_dir)},
               "max_prompt_tokens": 16, "max_response_tokens": 8, "stages": ["sft"],
-              "sft": {"data": {"files": str(tmp_path / "sft.jsonl")}, "max_steps": 100000, "eval_every": 3,
+              "sft": {"data": {"files": str(tmp_path / "sft.jsonl")}, "epochs": 1000, "eval_every": 3,
                       "eval_samples": 1, "batch_size": 4}}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    run_dir = tmp_path / "runs" / "ctrl-c"
+    run_dir = tmp_path / "runs" / "ctrl-c"  # 16,000 steps: still training when the Ctrl-C comes (one epoch ended
+    # in under a second on an idle machine, before the signal, and the run exited 0)
     process = subprocess.Popen([sys.executable, "-m", "lorahf", "run", str(tmp_path / "recipe.yaml")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
