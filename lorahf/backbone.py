@@ -285,10 +285,24 @@ class Backbone:
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
+        from lorahf import distributed
+
         self._require(role)
         folder = Path(folder)
+        if not distributed.is_main():  # data parallelism: the first process writes, the others wait for it
+            distributed.barrier()
+            return folder
         state = {k: v.detach().contiguous().cpu() for k, v in
                  get_peft_model_state_dict(self.peft, adapter_name=role).items()}
+        try:
+            self._write_adapter(role, folder, state)
+        finally:
+            distributed.barrier()
+        return folder
+
+    def _write_adapter(self, role: str, folder: Path, state: dict) -> None:
+        from safetensors.torch import save_file
+
         with atomic_path(folder) as temp:
             temp.mkdir()
             config = copy.deepcopy(self.peft.peft_config[role])
@@ -299,7 +313,6 @@ class Backbone:
             if role in self.heads:
                 head_state = {k: v.detach().contiguous().cpu() for k, v in self.heads[role].state_dict().items()}
                 save_file(head_state, str(temp / HEAD_FILE), metadata={"d_model": str(self.d_model)})
-        return folder
 
     def load_adapter(self, role: str, folder: str | Path) -> None:
         """Load an adapter folder written by `save_adapter` (or by peft) as `role`, replacing any."""

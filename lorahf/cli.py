@@ -94,11 +94,15 @@ def run(recipe: str, stage: str | None, from_stage: str | None, overrides: tuple
     Example:
       lorahf run recipes/quickstart.yaml --set sft.max_steps=50
     """
+    from lorahf import distributed
     from lorahf.pipeline import run as run_pipeline
-    from lorahf.progress import RichProgress
+    from lorahf.progress import Progress, RichProgress
 
+    progress = RichProgress(errors) if distributed.is_main() else Progress()  # one progress display, not one each
     result = run_pipeline(recipe, stage=stage, from_stage=from_stage, overrides=list(overrides),
-                          progress=RichProgress(errors), force=force)
+                          progress=progress, force=force)
+    if not distributed.is_main():
+        return
     console.print(_summary_table(result))
     console.print(f"run folder: [bold]{result.folder.root}[/bold]   report: [bold]{result.report}[/bold]")
 

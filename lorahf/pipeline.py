@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from lorahf import distributed
 from lorahf import recipe as recipes
 from lorahf.backbone import Backbone
 from lorahf.errors import LorahfError
@@ -50,6 +51,12 @@ def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stag
     selected = select_stages(recipe, stage, from_stage)
     folder = RunFolder(recipe.run_dir)
     preflight(recipe, folder, selected, explicit=bool(stage or from_stage))
+    if distributed.world() > 1:
+        serial = [name for name in selected if name not in DATA_PARALLEL and not folder.is_done(
+            name, recipe.stage_hash(name))]
+        if serial:
+            raise LorahfError(f"{', '.join(serial)} cannot run data-parallel yet (only {', '.join(DATA_PARALLEL)} can)",
+                              hint=f"run them in one process afterwards: lorahf run RECIPE --from {serial[0]}")
     with _plain_errors(folder), folder.lock(command) as recovered:
         if recovered:
             progress.note(f"[yellow]{recovered}[/yellow]")
@@ -60,10 +67,13 @@ def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stag
                               "replaced", hint="add --force to rerun them, or set another `name:` to start a new run")
         if rerun:
             progress.note(f"[yellow]{why_rerun(recipe, folder, rerun)}[/yellow]")
-        write_text(folder.recipe_path, recipes.dump(recipe))
-        ensure_base(recipe, progress)
+        if distributed.is_main():
+            write_text(folder.recipe_path, recipes.dump(recipe))
+            ensure_base(recipe, progress)
+        distributed.barrier()
         result = _run_stages(recipe, folder, selected, explicit, progress)
-        result.report = write_report(folder)
+        if distributed.is_main():
+            result.report = write_report(folder)
     return result
 
 
@@ -71,8 +81,8 @@ def _run_stages(recipe, folder: RunFolder, selected: list[str], explicit: bool, 
     from lorahf.stages import RUNNERS
 
     result = RunResult(folder=folder)
-    backbone = Backbone.load(recipe.model.name, recipe.model.quantization, recipe.model.device,
-                             recipe.model.gradient_checkpointing)
+    device = distributed.device() if distributed.world() > 1 else recipe.model.device
+    backbone = Backbone.load(recipe.model.name, recipe.model.quantization, device, recipe.model.gradient_checkpointing)
     try:
         for name in selected:
             stage_hash = recipe.stage_hash(name)
@@ -216,6 +226,9 @@ def ensure_base(recipe: recipes.Recipe, progress: Progress) -> None:
     progress.note(f"building the offline tiny T5 in {recipe.model.name} from {source}")
     make_tiny(source, recipe.model.name)
 
+
+DATA_PARALLEL = ("sft",)
+"""Stages that `accelerate launch -m lorahf run` can split across processes (the others run in one)."""
 
 STAGE_DATA_SHAPES = {"sft": "sft", "reward": "preference", "ppo": "prompts", "evaluate": "prompts"}
 """The shape of data each stage reads (see lorahf.data.SHAPES)."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from lorahf import distributed
 from lorahf.errors import LorahfError
 
 TEMP_PREFIX = ".tmp-"
@@ -110,6 +111,9 @@ class RunFolder:
         Yields that note, or None."""
         from filelock import FileLock, Timeout
 
+        if not distributed.is_main():  # data parallelism: the first process holds the folder for all
+            yield None
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         held = FileLock(str(self.root / LOCK_FILE), is_singleton=False)
         try:
@@ -197,6 +201,8 @@ class RunFolder:
         return marker is not None and marker.done and marker.recipe_hash == recipe_hash
 
     def mark_done(self, stage: str, recipe_hash: str, metrics: dict, wall_s: float) -> None:
+        if not distributed.is_main():
+            return
         write_json(self.marker_path(stage), {"stage": stage, "done": True, "recipe_hash": recipe_hash,
                                              "metrics": _finite(metrics), "wall_s": round(wall_s, 3),
                                              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -204,6 +210,8 @@ class RunFolder:
     # --------------------------------------------------------------------------------- metrics
     def log_metrics(self, stage: str, step: int, values: dict[str, float]) -> None:
         """Append one line to metrics.jsonl and flush it to disk, so a kill loses at most this line."""
+        if not distributed.is_main():
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"stage": stage, "step": step, **_finite(values)}, sort_keys=True)
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
@@ -227,13 +235,15 @@ class RunFolder:
     def drop_metrics(self, stage: str, after_step: int = -1) -> None:
         """Forget `stage`'s logged steps after `after_step` (all of them by default): a stage that starts over,
         or resumes from a checkpoint, logs those steps again, and metrics.jsonl keeps each step once."""
-        if not self.metrics_path.is_file():
+        if not distributed.is_main() or not self.metrics_path.is_file():
             return
         kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
                 if not _logged_after(line, stage, after_step)]
         write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def write_samples(self, stage: str, rows: list[dict]) -> None:
+        if not distributed.is_main():
+            return
         write_text(self.samples_path(stage), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 

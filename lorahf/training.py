@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from lorahf import distributed
 from lorahf.data import batches
 from lorahf.errors import LorahfError
 
@@ -73,6 +74,7 @@ def update(loss: torch.Tensor, optimizer, scheduler, parameters, max_grad_norm: 
         raise LorahfError(f"{stage}: the loss is {loss.item()} at step {step}; the last saved adapter is kept",
                           hint="lower the learning rate or check the data")
     loss.backward()
+    distributed.sum_gradients(parameters)  # data parallelism: each process's loss is its share of the batch's
     norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm or float("inf"))
     if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from lorahf import distributed
 from lorahf.backbone import respond
 from lorahf.data import collate, encode_pairs
 from lorahf.judge import scoring_judges
@@ -57,12 +58,13 @@ def run(recipe, backbone, folder, progress) -> dict:
     with progress.task("sft", total=steps) as bar:
         lengths = [len(p) + 2 * len(r) for p, r in zip(train[0], train[1])] if spec.group_by_length else None
         for step, indices in index_batches(len(train_rows), spec.batch_size, steps, recipe.seed, lengths):
+            indices = distributed.share(indices)  # this process's rows (all of them in one process)
             batch = collate([train[0][i] for i in indices], [train[1][i] for i in indices],
                             tokenizer.pad_token_id).to(backbone.device)
             backbone.model.train()
-            loss = response_loss(backbone, batch)
+            loss = response_loss(backbone, batch, distributed.total(batch.response_mask.sum()))
             update(loss, optimizer, scheduler, parameters, spec.max_grad_norm, "sft", step)
-            losses.append(loss.item())
+            losses.append(distributed.total(loss.detach()).item())
             throughput.add(int(batch.attention_mask.sum() + batch.response_mask.sum()))
             if step % LOG_EVERY == 0 or step == steps:
                 tokens_per_s = throughput.per_second()
@@ -87,11 +89,12 @@ def run(recipe, backbone, folder, progress) -> dict:
     return metrics
 
 
-def response_loss(backbone, batch) -> torch.Tensor:
-    """Mean negative log-likelihood of the response tokens (padding masked by length)."""
+def response_loss(backbone, batch, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean negative log-likelihood of the response tokens (padding masked by length); `tokens`: divide by
+    the whole batch's response tokens instead of this part's (data parallelism)."""
     logits = backbone.response_logits(batch)
     logprobs = sequence_logprobs(logits, batch.response_ids, batch.response_mask)
-    return -logprobs.sum() / batch.response_mask.sum()
+    return -logprobs.sum() / (batch.response_mask.sum() if tokens is None else tokens)
 
 
 @torch.no_grad()
