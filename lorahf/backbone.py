@@ -283,7 +283,6 @@ class Backbone:
 
         The folder loads with plain `PeftModel.from_pretrained(base, folder)`."""
         from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
 
         from lorahf import distributed
 
