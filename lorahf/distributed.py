@@ -79,3 +79,11 @@ def sum_gradients(parameters: list[torch.nn.Parameter]) -> None:
     for grad in grads:
         grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
         offset += grad.numel()
+
+
+def share_of_mean(loss: torch.Tensor, count: int) -> torch.Tensor:
+    """A mean over this process's `count` items, rescaled to its share of the mean over every process's items,
+    so that the summed gradients are those of the whole batch's mean; in one process, `loss` itself."""
+    if not _started():
+        return loss
+    return loss * (count / total(torch.tensor(float(count))).item())

@@ -57,6 +57,11 @@ def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stag
         if serial:
             raise LorahfError(f"{', '.join(serial)} cannot run data-parallel yet (only {', '.join(DATA_PARALLEL)} can)",
                               hint=f"run them in one process afterwards: lorahf run RECIPE --from {serial[0]}")
+        small = [name for name in selected if getattr(recipe, name).batch_size < distributed.world()]
+        if small:
+            raise LorahfError(f"{small[0]}.batch_size ({getattr(recipe, small[0]).batch_size}) is smaller than the "
+                              f"{distributed.world()} processes that share each batch",
+                              hint=f"set {small[0]}.batch_size to a multiple of {distributed.world()}")
     with _plain_errors(folder), folder.lock(command) as recovered:
         if recovered:
             progress.note(f"[yellow]{recovered}[/yellow]")
@@ -227,7 +232,7 @@ def ensure_base(recipe: recipes.Recipe, progress: Progress) -> None:
     make_tiny(source, recipe.model.name)
 
 
-DATA_PARALLEL = ("sft",)
+DATA_PARALLEL = ("sft", "reward")
 """Stages that `accelerate launch -m lorahf run` can split across processes (the others run in one)."""
 
 STAGE_DATA_SHAPES = {"sft": "sft", "reward": "preference", "ppo": "prompts", "evaluate": "prompts"}

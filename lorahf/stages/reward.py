@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lorahf import distributed
 from lorahf.data import collate, encode_prompts, encode_responses, preference_format
 from lorahf.training import (ensure_adapter, index_batches, load_stage_data, make_optimizer, mean, step_plan,
                              update)
@@ -84,12 +85,15 @@ def run(recipe, backbone, folder, progress) -> dict:
         lengths = ([len(p) + 2 * max(map(len, rs)) for p, rs in zip(train.prompts, train.responses)]
                    if spec.group_by_length else None)
         for step, indices in index_batches(len(train), spec.batch_size, steps, recipe.seed, lengths):
+            indices = distributed.share(indices)  # this process's groups (all of them in one process)
             backbone.model.train()
             scores = score_responses(backbone, train, indices)
             loss = group_loss(scores, [train.pairs[i] for i in indices], spec.margin,
                               [train.targets[i] for i in indices] if train.targets else None)
+            loss = distributed.share_of_mean(loss, sum(len(train.targets[i]) for i in indices) if train.targets
+                                             else len(indices))  # the mean is over responses, or over groups
             update(loss, optimizer, scheduler, parameters, spec.max_grad_norm, "reward", step)
-            losses.append(loss.item())
+            losses.append(distributed.total(loss.detach()).item())
             if step % LOG_EVERY == 0 or step == steps:
                 folder.log_metrics("reward", step, {"loss": mean(losses[-LOG_EVERY:]),
                                                     "lr": scheduler.get_last_lr()[0]})
