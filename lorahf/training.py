@@ -129,6 +129,20 @@ def load_stage_data(spec, shape: str, seed: int):
     return split(rows, spec.eval_fraction, seed)
 
 
+def held_out_rows(recipe, or_sft: bool = False):
+    """Rows to ask held-out questions of: evaluate.data's held-out split, else the ppo stage's (else sft's, with
+    `or_sft`); all of a source's rows when it holds none out. None when the recipe has no such data."""
+    sources = [(recipe.evaluate.data if recipe.evaluate else None, "prompts"),
+               (recipe.ppo.data if recipe.ppo else None, "prompts")]
+    if or_sft:
+        sources.append((recipe.sft.data if recipe.sft else None, "sft"))
+    for data, shape in sources:
+        if data is not None:
+            train_rows, eval_rows = load_stage_data(data, shape, recipe.seed)
+            return eval_rows if len(eval_rows) else train_rows
+    return None
+
+
 def ensure_adapter(backbone, folder, role: str, needed_by: str) -> None:
     """Load a finished stage's adapter from the run folder when this process has not trained it."""
     if backbone.has_adapter(role):

@@ -20,10 +20,12 @@ def test_ctrl_c_keeps_the_last_saved_adapter(tmp_path, tiny_model_dir):
               "sft": {"data": {"files": str(tmp_path / "sft.jsonl")}, "epochs": 1000, "eval_every": 3,
                       "eval_samples": 1, "batch_size": 4}}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    run_dir = tmp_path / "runs" / "ctrl-c"  # 16,000 steps: still training when the Ctrl-C comes (one epoch ended
-    # in under a second on an idle machine, before the signal, and the run exited 0)
+    run_dir = tmp_path / "runs" / "ctrl-c"  # 16,000 steps: still training when the Ctrl-C comes
+    # A shell that starts a job in the background makes it ignore SIGINT, and Python then never turns Ctrl-C into
+    # KeyboardInterrupt: give the run the default handling, as a terminal would (a background `.ci/run` lost it).
     process = subprocess.Popen([sys.executable, "-m", "lorahf", "run", str(tmp_path / "recipe.yaml")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while not any("eval_loss" in line for line in _lines(run_dir / "metrics.jsonl")):

@@ -161,8 +161,8 @@ def test_a_nan_loss_stops_sft_naming_the_step_and_the_saved_adapter_still_loads(
     calls = {"training": 0}
     honest = sft.response_loss
 
-    def poisoned(backbone, batch):
-        loss = honest(backbone, batch)
+    def poisoned(backbone, batch, tokens=None):
+        loss = honest(backbone, batch, tokens)
         if backbone.model.training:
             calls["training"] += 1
             if calls["training"] == 5:

@@ -20,7 +20,7 @@ from lorahf.judge import REWARD, PreferenceFile, build_judges
 from lorahf.metrics import bleu, meteor, rouge, win_rate_of
 from lorahf.ppo.rollout import ModelScorer, answers
 from lorahf.recipe import EvaluateStage
-from lorahf.training import ensure_adapter, load_stage_data, mean
+from lorahf.training import ensure_adapter, held_out_rows, mean
 
 SEED = 1234  # every adapter samples its answers from this same seed
 
@@ -91,12 +91,10 @@ def run(recipe, backbone, folder, progress) -> dict:
 
 def held_out_prompts(recipe, limit: int, tokenizer) -> Prompts:
     """The first `limit` held-out prompts: evaluate.data's, else the ppo stage's held-out split."""
-    data = recipe.evaluate.data if recipe.evaluate and recipe.evaluate.data else recipe.ppo.data if recipe.ppo else None
-    if data is None:
+    rows = held_out_rows(recipe)
+    if rows is None:
         raise LorahfError("no held-out prompts: the recipe has neither evaluate.data nor a ppo section",
                           hint="set evaluate.data.files to a file with a prompt column")
-    train_rows, eval_rows = load_stage_data(data, "prompts", recipe.seed)
-    rows = eval_rows if len(eval_rows) else train_rows  # evaluate.data with eval_fraction 0 is all held out
     rows = rows.select(range(min(limit, len(rows))))
     ids, _ = encode_prompts(tokenizer, rows["prompt"], recipe.max_prompt_tokens, recipe.prompt_template)
     references = list(rows["reference"]) if "reference" in rows.column_names else None

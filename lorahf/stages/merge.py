@@ -99,15 +99,12 @@ def merge(run_dir: str | Path, adapter: str, out: str | Path, progress=None) -> 
 
 def check_prompts(recipe) -> list[str]:
     """Held-out prompts to compare on: evaluate's or ppo's held-out split, else sft's."""
-    from lorahf.training import load_stage_data
+    from lorahf.training import held_out_rows
 
-    for section, shape in ((recipe.evaluate, "prompts"), (recipe.ppo, "prompts"), (recipe.sft, "sft")):
-        data = getattr(section, "data", None)
-        if data is not None:
-            train, held_out = load_stage_data(data, shape, recipe.seed)
-            rows = held_out if len(held_out) else train
-            return list(rows["prompt"][:CHECK_PROMPTS])
-    raise LorahfError("the recipe has no data to take prompts from for the merge check")
+    rows = held_out_rows(recipe, or_sft=True)
+    if rows is None:
+        raise LorahfError("the recipe has no data to take prompts from for the merge check")
+    return list(rows["prompt"][:CHECK_PROMPTS])
 
 
 @torch.no_grad()
