@@ -43,10 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "models" / "tiny-t5"
 EXAMPLE_DATA = REPO / "examples" / "summaries" / "data"
 
-# (d_model, d_ff, layers per stack, heads) of google/flan-t5-*'s config.json
-SIZES = {"small": (512, 1024, 8, 6), "base": (768, 2048, 12, 12), "large": (1024, 2816, 24, 16),
-         "xl": (2048, 5120, 24, 32), "xxl": (4096, 10240, 24, 64),
-         "toy": (64, 256, 2, 4)}  # toy: to test this script on a CPU
+TOY = (64, 256, 2, 4)  # (d_model, d_ff, layers per stack, heads), to test this script on a CPU; the real sizes
+# are google/flan-t5-*'s dimensions, `lorahf.plan.FLAN_T5`
 DEFAULT_RUNS = ("base:8bit,xl:8bit,xxl:4bit,small:8bit,small:none,base:4bit,base:none,large:8bit,"
                 "xl:4bit,large:4bit,small:4bit,large:none,xl:none")
 PROMPT_TOKENS = 512
@@ -205,7 +203,9 @@ def build(size: str, folder: str, device: str) -> None:
     if not (TINY / "tokenizer.json").is_file():
         from lorahf.tiny import make_tiny
         make_tiny(EXAMPLE_DATA, TINY)
-    d_model, d_ff, layers, heads = SIZES[size]
+    from lorahf.plan import FLAN_T5
+
+    d_model, d_ff, layers, heads = TOY if size == "toy" else FLAN_T5[size]
     config = T5Config(vocab_size=32128, d_model=d_model, d_ff=d_ff, d_kv=64, num_heads=heads, num_layers=layers,
                       num_decoder_layers=layers, feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
                       relative_attention_max_distance=128, dropout_rate=0.1, layer_norm_epsilon=1e-6,

@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_flatten
 from lorahf.errors import LorahfError
 
 GIB = 2 ** 30
-T5_LINEAR = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
+INT8_LINEAR = ("q", "k", "v", "o", "wi", "wi_0", "wi_1")  # T5 block linears bitsandbytes quantizes (not wo)
 FP32 = 4
 
 
@@ -63,7 +63,9 @@ def plan(recipe, device: str = "cuda", padded: bool = True) -> list[StageMemory]
         if stage == "sft":
             parts["step"] = shape.trace_sft(recipe, recipe.sft.batch_size)
         elif stage == "reward":
-            parts["step"] = shape.trace_reward(recipe, recipe.reward.batch_size * _sequences_per_group(recipe))
+            # a batch of pairwise preferences holds 2 sequences a row (the data's shape is known only once its
+            # files are read: a K-way ranking holds K, a score 1)
+            parts["step"] = shape.trace_reward(recipe, recipe.reward.batch_size * 2)
         elif stage == "ppo":
             spec = recipe.ppo
             micro = spec.micro_batch_size or spec.minibatch_size
@@ -107,12 +109,6 @@ def model_config(name: str):
 ROLES_BY_STAGE = {"sft": ("sft",), "reward": ("sft", "reward"), "ppo": ("sft", "reward", "policy", "value"),
                   "evaluate": ("sft", "reward", "policy", "value")}
 LORA_OF = {"sft": "sft", "policy": "sft", "reward": "reward", "value": "reward"}  # policy copies sft, value reward
-
-
-def _sequences_per_group(recipe) -> int:
-    """A batch of pairwise preferences holds 2 sequences a row (the planner assumes pairs: a K-way ranking
-    holds K, a score 1; the data's shape is known only once its files are read)."""
-    return 2
 
 
 # ----------------------------------------------------------------------------------------- weights
@@ -187,8 +183,7 @@ class Shape:
             parameter.requires_grad_(False)
         if getattr(recipe.model, "quantization", "none") == "8bit":
             for name, module in model.named_modules():
-                if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in T5_LINEAR and \
-                        not name.endswith("wo"):
+                if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in INT8_LINEAR:
                     module.forward = partial(_int8_linear, module)
         if recipe.model.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
