@@ -282,8 +282,6 @@ class Backbone:
         """Write `role` as a standard peft adapter folder (+ head.safetensors), atomically.
 
         The folder loads with plain `PeftModel.from_pretrained(base, folder)`."""
-        from peft import get_peft_model_state_dict
-
         from lorahf import distributed
 
         self._require(role)
@@ -291,17 +289,19 @@ class Backbone:
         if not distributed.is_main():  # data parallelism: the first process writes, the others wait for it
             distributed.barrier()
             return folder
-        state = {k: v.detach().contiguous().cpu() for k, v in
-                 get_peft_model_state_dict(self.peft, adapter_name=role).items()}
         try:
-            self._write_adapter(role, folder, state)
+            self.write_adapter(role, folder)
         finally:
             distributed.barrier()
         return folder
 
-    def _write_adapter(self, role: str, folder: Path, state: dict) -> None:
+    def write_adapter(self, role: str, folder: Path) -> None:
+        """`save_adapter` without waiting for other processes (for a caller that writes as the first process)."""
+        from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
+        state = {k: v.detach().contiguous().cpu() for k, v in
+                 get_peft_model_state_dict(self.peft, adapter_name=role).items()}
         with atomic_path(folder) as temp:
             temp.mkdir()
             config = copy.deepcopy(self.peft.peft_config[role])

@@ -23,6 +23,8 @@ def _started() -> bool:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # where NCCL's object collectives go
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return True
 
@@ -64,6 +66,57 @@ def total(value: torch.Tensor) -> torch.Tensor:
     tensor = value.detach().to(torch.float64).clone()
     torch.distributed.all_reduce(tensor)
     return tensor.to(value.dtype if value.is_floating_point() else torch.float32)
+
+
+def gather(value: torch.Tensor, pad: float = 0) -> torch.Tensor:
+    """Every process's rows of `value` stacked in rank order (dimensions past the first padded with `pad` to the
+    widest process's); in one process, `value` itself. Rows may differ in number between processes."""
+    if not _started():
+        return value
+    shapes = [None] * world()
+    torch.distributed.all_gather_object(shapes, tuple(value.shape))
+    widest = tuple(max(shape[d] for shape in shapes) for d in range(value.dim()))
+    padded = value.new_full(widest, pad)
+    padded[tuple(slice(0, n) for n in value.shape)] = value
+    parts = [torch.empty_like(padded) for _ in shapes]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat([part[:shape[0]] for part, shape in zip(parts, shapes)])
+
+
+def my_rows(count: int) -> slice:
+    """Where this process's `count` rows sit among every process's rows stacked in rank order (as `gather`)."""
+    if not _started():
+        return slice(0, count)
+    counts = [None] * world()
+    torch.distributed.all_gather_object(counts, count)
+    start = sum(counts[:rank()])
+    return slice(start, start + count)
+
+
+def merge_shares(lists: dict[str, list], items: int) -> dict[str, list]:
+    """Per-item lists that each process computed for its `share` of `items` items, merged back into item
+    order on every process; in one process, `lists` themselves."""
+    if not _started():
+        return lists
+    parts = [None] * world()
+    torch.distributed.all_gather_object(parts, lists)
+    merged = {key: [None] * items if any(part[key] for part in parts) else [] for key in lists}
+    for process, part in enumerate(parts):
+        for key, values in part.items():
+            if merged[key]:
+                merged[key][process::world()] = values
+    return merged
+
+
+def add_up(numbers: dict[str, float]) -> dict[str, float]:
+    """The sum over processes of each number (e.g. each process's share of a mean); in one process, the numbers."""
+    if not _started() or not numbers:
+        return numbers
+    values = torch.tensor(list(numbers.values()), dtype=torch.float64)
+    if torch.cuda.is_available():
+        values = values.cuda()
+    torch.distributed.all_reduce(values)
+    return dict(zip(numbers, values.tolist()))
 
 
 def sum_gradients(parameters: list[torch.nn.Parameter]) -> None:

@@ -52,16 +52,7 @@ def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stag
     folder = RunFolder(recipe.run_dir)
     preflight(recipe, folder, selected, explicit=bool(stage or from_stage))
     if distributed.world() > 1:
-        serial = [name for name in selected if name not in DATA_PARALLEL and not folder.is_done(
-            name, recipe.stage_hash(name))]
-        if serial:
-            raise LorahfError(f"{', '.join(serial)} cannot run data-parallel yet (only {', '.join(DATA_PARALLEL)} can)",
-                              hint=f"run them in one process afterwards: lorahf run RECIPE --from {serial[0]}")
-        small = [name for name in selected if getattr(recipe, name).batch_size < distributed.world()]
-        if small:
-            raise LorahfError(f"{small[0]}.batch_size ({getattr(recipe, small[0]).batch_size}) is smaller than the "
-                              f"{distributed.world()} processes that share each batch",
-                              hint=f"set {small[0]}.batch_size to a multiple of {distributed.world()}")
+        check_shares(recipe, selected, distributed.world())
     with _plain_errors(folder), folder.lock(command) as recovered:
         if recovered:
             progress.note(f"[yellow]{recovered}[/yellow]")
@@ -232,8 +223,16 @@ def ensure_base(recipe: recipes.Recipe, progress: Progress) -> None:
     make_tiny(source, recipe.model.name)
 
 
-DATA_PARALLEL = ("sft", "reward")
-"""Stages that `accelerate launch -m lorahf run` can split across processes (the others run in one)."""
+def check_shares(recipe: recipes.Recipe, selected: list[str], processes: int) -> None:
+    """Data parallelism splits every training batch between the processes: each must get rows, and PPO's
+    batches and minibatches must split evenly (each process takes the same number of minibatch steps)."""
+    sizes = [(f"{name}.batch_size", getattr(recipe, name).batch_size) for name in selected if name in ("sft", "reward")]
+    if "ppo" in selected:
+        sizes += [("ppo.batch_size", recipe.ppo.batch_size), ("ppo.minibatch_size", recipe.ppo.minibatch_size)]
+    for key, size in sizes:
+        if size < processes or (key.startswith("ppo.") and size % processes):
+            raise LorahfError(f"{key} ({size}) does not split between the {processes} processes that share each batch",
+                              hint=f"set {key} to a multiple of {processes}")
 
 STAGE_DATA_SHAPES = {"sft": "sft", "reward": "preference", "ppo": "prompts", "evaluate": "prompts"}
 """The shape of data each stage reads (see lorahf.data.SHAPES)."""

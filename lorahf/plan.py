@@ -45,7 +45,7 @@ class StageMemory:
 
 
 # --------------------------------------------------------------------------------------------- entry
-def plan(recipe, device: str = "cuda", padded: bool = True) -> list[StageMemory]:
+def plan(recipe, device: str = "cuda", padded: bool = True, exact: bool = False) -> list[StageMemory]:
     """The peak memory of every stage of `recipe` on `device` ("cuda" or "cpu"). `padded`: batches hold
     prompts of several lengths, so attention needs a padding mask (real data; False: all the same length)."""
     from lorahf.backbone import quiet_libraries
@@ -55,23 +55,27 @@ def plan(recipe, device: str = "cuda", padded: bool = True) -> list[StageMemory]
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     shape = Shape(config, dtype, device, padded)
     base = base_bytes(config, recipe.model.quantization, dtype)
+
+    def traced(measure) -> int:
+        return by_layers(config, lambda layers: measure(Shape(layers, dtype, device, padded)), exact)
+
     plans = []
     for stage in recipe.stages:
         parts = {"base": base}
         roles = ROLES_BY_STAGE[stage]
         parts["adapters"] = sum(shape.lora_bytes(getattr(recipe.lora, LORA_OF[role])) for role in roles)
         if stage == "sft":
-            parts["step"] = shape.trace_sft(recipe, recipe.sft.batch_size)
+            parts["step"] = traced(lambda s: s.trace_sft(recipe, recipe.sft.batch_size))
         elif stage == "reward":
             # a batch of pairwise preferences holds 2 sequences a row (the data's shape is known only once its
             # files are read: a K-way ranking holds K, a score 1)
-            parts["step"] = shape.trace_reward(recipe, recipe.reward.batch_size * 2)
+            parts["step"] = traced(lambda s: s.trace_reward(recipe, recipe.reward.batch_size * 2))
         elif stage == "ppo":
             spec = recipe.ppo
             micro = spec.micro_batch_size or spec.minibatch_size
             rollout = shape.rollout_bytes(spec.batch_size, recipe.max_prompt_tokens, recipe.max_response_tokens,
                                           keep_encoder_states=not spec.train_encoder, keep_logits=True)
-            update = shape.trace_ppo_update(recipe, micro, spec.batch_size)
+            update = traced(lambda s: s.trace_ppo_update(recipe, micro, spec.batch_size))
             parts["rollout" if rollout >= update else "step"] = max(rollout, update)
         elif stage == "evaluate":
             batch = min(recipe.evaluate.batch_size, recipe.evaluate.max_prompts)
@@ -79,6 +83,30 @@ def plan(recipe, device: str = "cuda", padded: bool = True) -> list[StageMemory]
                                                    keep_encoder_states=False, keep_logits=True)
         plans.append(StageMemory(stage, parts))
     return plans
+
+
+def by_layers(config, measure, exact: bool = False) -> int:
+    """`measure(config)` of a training step for a deep model, from three traces of shallow copies of it: every T5
+    block after the first allocates the same, and a training step keeps every block's activations for the
+    backward pass, so its peak grows by a fixed amount per encoder and per decoder block (tests/test_plan.py
+    checks this against full traces). Not for passes without gradients: their peak is the largest of several
+    moments, one growing with depth (the caches), others not (the logits). `exact`: trace the model itself."""
+    if exact or config.num_layers + config.num_decoder_layers <= 14:  # three shallow traces hold 14 blocks
+        return measure(config)
+    return extrapolated(config, measure)
+
+
+def extrapolated(config, measure) -> int:
+    """`measure` of the config's depth, from copies with 2 and 3 encoder and decoder blocks."""
+    encoder, decoder = config.num_layers, config.num_decoder_layers
+
+    def shallow(encoder_layers: int, decoder_layers: int) -> int:
+        return measure(type(config).from_dict({**config.to_dict(), "num_layers": encoder_layers,
+                                               "num_decoder_layers": decoder_layers}))
+
+    two = shallow(2, 2)
+    per_encoder_block, per_decoder_block = shallow(3, 2) - two, shallow(2, 3) - two
+    return two + per_encoder_block * (encoder - 2) + per_decoder_block * (decoder - 2)
 
 
 # The public dimensions of google/flan-t5-*, so that their recipes plan without a hub (config.json on the hub).

@@ -90,3 +90,22 @@ def test_a_recipe_too_big_for_the_card_gets_the_setting_to_change(tiny_model_dir
     result = CliRunner().invoke(main, ["plan", str(REPO / "recipes" / "flan-t5-base.yaml"), "--gpu-memory", "5GiB"])
     assert result.exit_code == 0, result.output
     assert "sft: needs about" in result.output and "set model.gradient_checkpointing: true" in result.output
+
+
+def test_a_deep_models_training_steps_are_planned_from_shallow_copies_to_the_byte(tiny_model_dir):
+    """`plan` traces a training step on 2- and 3-block copies of a deep model and extrapolates per block; the
+    full trace must give the same bytes, for each stage's step, with and without gradient checkpointing."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.num_layers, config.num_decoder_layers = 6, 4
+    for checkpointing in ("false", "true"):
+        recipe = recipes.load(REPO / "recipes" / "flan-t5-small.yaml", [f"model.name={tiny_model_dir}",
+                                                                       f"model.gradient_checkpointing={checkpointing}"])
+        steps = [lambda shape: shape.trace_sft(recipe, 4)]
+        if checkpointing == "true":  # the less regular case (each block's forward runs twice)
+            steps += [lambda shape: shape.trace_reward(recipe, 4), lambda shape: shape.trace_ppo_update(recipe, 2, 4)]
+        for step in steps:
+            def measure(layers):
+                return step(plan.Shape(layers, torch.bfloat16, "cuda"))
+            assert plan.extrapolated(config, measure) == measure(config)

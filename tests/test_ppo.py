@@ -161,7 +161,8 @@ def test_ppo_recipe_checks_gather_every_problem(tmp_path, tiny_model_dir):
 
 
 def test_micro_batches_accumulate_to_the_same_update_as_one_pass(backbone):
-    """Gradient accumulation over micro-batches gives the minibatch's gradient (equal-length responses)."""
+    """Gradient accumulation over micro-batches gives the minibatch's gradient, with responses of unequal length
+    (each part divides by the whole minibatch's tokens, not its own)."""
     from lorahf.data import collate
     from lorahf.ppo.rollout import Rollout
     from lorahf.ppo.update import _loss_and_backward
@@ -173,7 +174,7 @@ def test_micro_batches_accumulate_to_the_same_update_as_one_pass(backbone):
     backbone.model.eval()
     generator = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 100, (n,), generator=generator).tolist() + [1] for n in (5, 9, 7, 6)]
-    responses = [torch.randint(3, 100, (4,), generator=generator).tolist() + [1] for _ in prompts]
+    responses = [torch.randint(3, 100, (n,), generator=generator).tolist() + [1] for n in (2, 6, 4, 1)]
     batch = collate(prompts, responses, 0)
     shape = batch.response_ids.shape
     rollout = Rollout(batch, torch.ones(4, dtype=torch.bool), torch.zeros(4), -torch.rand(shape, generator=generator),
@@ -184,7 +185,7 @@ def test_micro_batches_accumulate_to_the_same_update_as_one_pass(backbone):
     def gradient(micro: int) -> list[torch.Tensor]:
         rows = torch.arange(4)
         for part in rows.split(micro):
-            _loss_and_backward(backbone, rollout, advantages, returns, spec, part, weight=len(part) / 4)
+            _loss_and_backward(backbone, rollout, advantages, returns, spec, part, batch.response_mask.sum().float())
         found = [p.grad.clone() for role in ("policy", "value") for p in backbone.parameters(role, encoder=True)
                  if p.grad is not None]
         for role in ("policy", "value"):

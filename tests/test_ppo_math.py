@@ -146,3 +146,21 @@ def test_reward_hacking_alarm_needs_reward_up_and_rouge_down():
     assert held_out_alarms(reward=1.0, rouge=0.68, start_reward=0.5, start_rouge=0.70) == []  # within noise
     assert held_out_alarms(reward=0.4, rouge=0.60, start_reward=0.5, start_rouge=0.70) == []  # reward fell too
     assert held_out_alarms(reward=1.0, rouge=None, start_reward=0.5, start_rouge=None) == []  # no references
+
+
+def test_losses_of_the_parts_of_a_minibatch_add_up_to_the_minibatch_loss():
+    """Micro-batches and processes each divide by the whole minibatch's tokens: accumulating their losses gives
+    the loss (and so the gradient) of the minibatch taken at once, whatever the rows' lengths."""
+    torch.manual_seed(0)
+    logprobs, old, advantages = torch.randn(3, 6, 5).unbind(0)
+    values, old_values, returns = torch.randn(3, 6, 5).unbind(0)
+    mask = (torch.arange(5)[None, :] < torch.tensor([5, 1, 3, 4, 2, 5])[:, None]).float()
+    whole, whole_stats = policy_loss(logprobs, old, advantages, mask)
+    tokens = mask.sum()
+    parts = [policy_loss(logprobs[rows], old[rows], advantages[rows], mask[rows], tokens=tokens)
+             for rows in ([0, 3], [1, 2, 4], [5])]
+    assert torch.allclose(sum(loss for loss, _ in parts), whole)
+    for key in whole_stats:
+        assert torch.allclose(sum(stats[key] for _, stats in parts), whole_stats[key])
+    assert torch.allclose(sum(value_loss(values[r], old_values[r], returns[r], mask[r], tokens=tokens)
+                              for r in ([0, 3], [1, 2, 4], [5])), value_loss(values, old_values, returns, mask))

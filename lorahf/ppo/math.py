@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor | float | None = None) -> torch.Tensor:
+    """The mean over the real tokens; or their sum divided by `tokens`, the real tokens of a larger batch this one
+    is a part of (so that the parts' means add up to the batch's)."""
+    return (values * mask).sum() / (mask.sum().clamp(min=1) if tokens is None else tokens)
 
 
 def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
@@ -64,23 +66,28 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The clipped surrogate objective (as a loss to minimise), with its clip fraction and approximate KL."""
+                mask: torch.Tensor, clip: float = 0.2,
+                tokens: torch.Tensor | float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped surrogate objective (as a loss to minimise), with its clip fraction and approximate KL.
+
+    Means over the real tokens, or over the `tokens` of the minibatch these rows are a part of (a micro-batch,
+    or one process's share): the parts' losses then add up to the minibatch's, however it was split."""
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask, tokens)
     with torch.no_grad():
-        stats = {"clip_fraction": masked_mean((torch.abs(ratio - 1) > clip).float(), mask),
-                 "approx_kl": masked_mean(0.5 * (logprobs - old_logprobs) ** 2, mask)}
+        stats = {"clip_fraction": masked_mean((torch.abs(ratio - 1) > clip).float(), mask, tokens),
+                 "approx_kl": masked_mean(0.5 * (logprobs - old_logprobs) ** 2, mask, tokens)}
     return loss, stats
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float = 0.2) -> torch.Tensor:
-    """Half the larger of the squared errors of the new values and of the values clipped near the old ones."""
+               clip: float = 0.2, tokens: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Half the larger of the squared errors of the new values and of the values clipped near the old ones
+    (a mean as in `policy_loss`)."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
-    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask, tokens)
 
 
 class AdaptiveKLController:

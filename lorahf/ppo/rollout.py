@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from lorahf import distributed
 from lorahf.data import Seq2SeqBatch, collate
 
 POLICY, REFERENCE, REWARD, VALUE = "policy", "sft", "reward", "value"
@@ -94,6 +95,19 @@ def collect(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, t
                    seconds={"generate": generated - started, "score": time.perf_counter() - generated})
 
 
+def gathered(rollout: Rollout) -> Rollout:
+    """Every process's rollout rows stacked in rank order (data parallelism: each process generated its share of
+    the batch), without the encoder states; in one process, the rollout itself. Rewards, advantages and their
+    whitening then see the whole batch, exactly as one process would."""
+    if distributed.world() == 1:
+        return rollout
+    batch = Seq2SeqBatch(**{f.name: distributed.gather(getattr(rollout.batch, f.name))  # padded with 0: T5's pad
+                            for f in fields(rollout.batch)})
+    numbers = {name: distributed.gather(getattr(rollout, name))
+               for name in ("scores", "logprobs", "reference_logprobs", "values", "entropy")}
+    return Rollout(batch, distributed.gather(rollout.ended.long()).bool(), **numbers, seconds=rollout.seconds)
+
+
 def repeat(batch: Seq2SeqBatch, times: int) -> Seq2SeqBatch:
     """The batch stacked `times` times along the rows (one copy per role of a `per_row` pass)."""
     return Seq2SeqBatch(**{f.name: getattr(batch, f.name).repeat(times, *([1] * (getattr(batch, f.name).dim() - 1)))
@@ -137,6 +151,9 @@ def answers(backbone, role: str | None, prompt_ids: list[list[int]], prompts: li
     same random stream), their score (None without a scorer), length and the exact KL(role || sft) of the
     next-token distributions along them at `temperature`, summed over their tokens (0 for sft itself)."""
     out = {"texts": [], "rewards": [], "lengths": [], "kl": []}
+    everyone = len(prompt_ids)
+    mine = distributed.share(list(range(everyone)))  # data parallelism: each process answers its share
+    prompt_ids, prompts = [prompt_ids[i] for i in mine], [prompts[i] for i in mine]
     backbone.model.eval()
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
@@ -159,4 +176,4 @@ def answers(backbone, role: str | None, prompt_ids: list[list[int]], prompts: li
         out["lengths"] += lengths.tolist()
         out["kl"] += kl.cpu().tolist()
     torch.set_rng_state(generator_state)
-    return out
+    return distributed.merge_shares(out, everyone)

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from lorahf import distributed
 from lorahf.errors import LorahfError
 from lorahf.ppo.math import masked_mean, policy_loss, value_loss
 from lorahf.ppo.rollout import POLICY, VALUE, Rollout, logprobs_from_states, repeat, take
@@ -28,32 +29,41 @@ def make_optimizer(backbone, spec) -> torch.optim.Optimizer:
 
 def train_on(backbone, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, spec,
              optimizer: torch.optim.Optimizer, generator: torch.Generator, iteration: int) -> dict[str, float]:
-    """`spec.epochs` passes of minibatch steps over the rollout; the mean of each statistic over the steps."""
+    """`spec.epochs` passes of minibatch steps over the rollout; the mean of each statistic over the steps.
+
+    Every loss is a mean over the minibatch's tokens, however the minibatch is split (micro-batches, processes),
+    so gradient accumulation gives the gradient of the whole minibatch. With data parallelism the rollout is
+    this process's share of the batch and each minibatch step takes `minibatch_size / processes` of its rows;
+    the processes' gradients are added up before the step."""
     started = time.perf_counter()
     backbone.set_trainable(POLICY, VALUE)
     backbone.model.eval()  # dropout off during RL
     size = len(rollout)
-    micro = spec.micro_batch_size or spec.minibatch_size
+    minibatch_size = spec.minibatch_size // distributed.world()
+    micro = spec.micro_batch_size or minibatch_size
     totals: dict[str, float] = {}
     steps = 0
     for _ in range(spec.epochs):
         order = torch.randperm(size, generator=generator)
-        for start in range(0, size, spec.minibatch_size):
-            minibatch = order[start:start + spec.minibatch_size]
+        for start in range(0, size, minibatch_size):
+            minibatch = order[start:start + minibatch_size]
+            tokens = distributed.total(rollout.batch.response_mask[minibatch.to(advantages.device)].sum().float())
             for part in minibatch.split(micro):
                 stats = _loss_and_backward(backbone, rollout, advantages, returns, spec, part.to(advantages.device),
-                                           weight=len(part) / len(minibatch))
+                                           tokens)
                 for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + value * len(part) / len(minibatch)
+                    totals[key] = totals.get(key, 0.0) + value
             _step(optimizer, spec.max_grad_norm, iteration)
             steps += 1
-    result = {key: value / steps for key, value in totals.items()}
+    result = distributed.add_up({key: value / steps for key, value in totals.items()})
     result["seconds_update"] = time.perf_counter() - started
     return result
 
 
-def _loss_and_backward(backbone, rollout: Rollout, advantages, returns, spec, rows, weight: float) -> dict[str, float]:
-    """Policy and value read their own copy of the rows in ONE forward pass (`Backbone.per_row`); one backward."""
+def _loss_and_backward(backbone, rollout: Rollout, advantages, returns, spec, rows,
+                       tokens: torch.Tensor) -> dict[str, float]:
+    """Policy and value read their own copy of the rows in ONE forward pass (`Backbone.per_row`); one backward.
+    Losses and statistics are these rows' shares of the minibatch's means (`tokens`: its real tokens)."""
     batch = take(rollout.batch, rows)
     size, width = len(rows), batch.response_ids.shape[1]
     mask = batch.response_mask.float()
@@ -67,22 +77,23 @@ def _loss_and_backward(backbone, rollout: Rollout, advantages, returns, spec, ro
         policy_states, value_states = backbone.decode(stacked, encoder_states).split(size)
     logprobs, _ = logprobs_from_states(backbone, policy_states, batch, spec.temperature)
     policy, stats = policy_loss(logprobs, rollout.logprobs[rows, :width], advantages[rows, :width], mask,
-                                spec.policy_clip)
+                                spec.policy_clip, tokens)
     values = backbone.head(VALUE)(value_states[:, :-1]).float()
-    value = value_loss(values, rollout.values[rows, :width], returns[rows, :width], mask, spec.value_clip)
+    value = value_loss(values, rollout.values[rows, :width], returns[rows, :width], mask, spec.value_clip, tokens)
     loss = policy + spec.value_loss_coef * value
     if not torch.isfinite(loss):
         raise LorahfError(f"ppo: the loss is {loss.item()} (policy {policy.item()}, value {value.item()})",
                           hint="lower the learning rates, or beta; the last checkpoint is kept")
-    (loss * weight).backward()
+    loss.backward()
     return {"policy_loss": policy.item(), "value_loss": value.item(), "clip_fraction": stats["clip_fraction"].item(),
             "approx_kl": stats["approx_kl"].item(),
             "value_clip_fraction": masked_mean(((values - rollout.values[rows, :width]).abs() > spec.value_clip)
-                                               .float(), mask).item()}
+                                               .float(), mask, tokens).item()}
 
 
 def _step(optimizer, max_grad_norm: float | None, iteration: int) -> None:
     """Clip the policy's and the value's gradients each on its own, refuse a non-finite one, step."""
+    distributed.sum_gradients([p for group in optimizer.param_groups for p in group["params"]])
     for group in optimizer.param_groups:
         norm = torch.nn.utils.clip_grad_norm_(group["params"], max_grad_norm or float("inf"))
         if not torch.isfinite(norm):

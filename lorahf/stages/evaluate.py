@@ -3,6 +3,7 @@
     1. held-out prompts: evaluate.data, or the ppo stage's held-out split (with references where given)
     2. each adapter answers (greedy, or sampled from one fixed seed for all of them); its answers' reward,
        length and exact KL to sft along them; ROUGE-1/2/L, BLEU and METEOR against the references
+       (with data parallelism, each process answers its share of the prompts)
     3. each judge compares every other adapter's answers with the first's (ties count half), 95 % Wilson
        interval; its verdicts go to judgements/<judge>.jsonl, preference rows the next reward round reads
     4. samples/evaluate.jsonl keeps every prompt's answers side by side
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lorahf import distributed
 from lorahf.data import encode_prompts
 from lorahf.errors import LorahfError
 from lorahf.judge import REWARD, PreferenceFile, build_judges
@@ -57,8 +59,8 @@ def run(recipe, backbone, folder, progress) -> dict:
             metrics.update(text_metrics(role, answered[role], prompts.references))
             bar.advance(adapter=role)
 
-        # 3. Judges: every challenger against the baseline
-        for name, judge in judges.items():
+        # 3. Judges: every challenger against the baseline (with data parallelism, the first process judges)
+        for name, judge in judges.items() if distributed.is_main() else ():
             path = folder.root / "judgements" / f"{name}.jsonl"
             path.unlink(missing_ok=True)  # this evaluation's verdicts only
             out = PreferenceFile(path)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from lorahf import distributed
 from lorahf.data import encode_prompts
 from lorahf.errors import LorahfError
 from lorahf.judge import scoring_judges
@@ -33,7 +34,8 @@ from lorahf.metrics import rouge_l, win_rate
 from lorahf.ppo.alarms import held_out_alarms, iteration_alarms
 from lorahf.ppo.math import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_estimate,
                              masked_mean, token_rewards, whiten)
-from lorahf.ppo.rollout import POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, ModelScorer, answers, collect
+from lorahf.ppo.rollout import (POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, ModelScorer, answers, collect,
+                                gathered)
 from lorahf.ppo.update import make_optimizer, train_on
 from lorahf.runs import atomic_path
 from lorahf.training import ensure_adapter, index_batches, load_stage_data, mean
@@ -131,11 +133,13 @@ def run(recipe, backbone, folder, progress) -> dict:
         for iteration, indices in index_batches(len(train_prompts), spec.batch_size, spec.iterations, recipe.seed):
             if iteration <= state.iteration:
                 continue  # done before the checkpoint this run resumed from
-            torch.manual_seed(recipe.seed * 1_000_003 + iteration)  # a resumed run samples what this one would
-            generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + iteration)
+            seed = recipe.seed * 1_000_003 + iteration  # a resumed run samples what this one would
+            torch.manual_seed(seed * distributed.world() + distributed.rank())  # each process its own samples
+            generator = torch.Generator().manual_seed(seed)
 
-            # a-c. rollout, rewards and advantages, K epochs of minibatch updates
-            numbers = iterate(backbone, [train_prompts[i] for i in indices], [train_texts[i] for i in indices],
+            # a-c. rollout, rewards and advantages, K epochs of minibatch updates (each process: its share)
+            mine = distributed.share(indices)
+            numbers = iterate(backbone, [train_prompts[i] for i in mine], [train_texts[i] for i in mine],
                               scorer, spec, controller.value, optimizer, generator, max_new_tokens, iteration)
             if iteration == 1:
                 state.sft_length = numbers["response_length"]  # policy == sft in the first rollout
@@ -187,28 +191,31 @@ def iterate(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, s
             generator: torch.Generator, max_new_tokens: int, iteration: int) -> dict[str, float]:
     """One PPO iteration, steps a-c: rollout, per-token rewards and advantages, the epochs of updates.
 
+    With data parallelism, each process generates and trains on its share of the batch; rewards, advantages,
+    their whitening and the numbers logged are those of the whole batch (every process computes the same).
     Refuses to update on non-finite rollout numbers (the adapters stay as the last good iteration left them)."""
     # a. rollout
     rollout = collect(backbone, prompt_ids, prompts, scorer, spec.temperature, spec.top_k, max_new_tokens,
                       keep_encoder_states=not spec.train_encoder)
-    mask = rollout.batch.response_mask.float()
-    lengths = rollout.batch.response_lengths
+    everyone = gathered(rollout)
+    mask = everyone.batch.response_mask.float()
+    lengths = everyone.batch.response_lengths
 
     # b. rewards and advantages
-    kl = kl_estimate(rollout.logprobs, rollout.reference_logprobs, spec.kl_estimator) * mask
-    rewards = token_rewards(rollout.scores, kl, mask, lengths, beta, rollout.ended, spec.no_eos_score)
+    kl = kl_estimate(everyone.logprobs, everyone.reference_logprobs, spec.kl_estimator) * mask
+    rewards = token_rewards(everyone.scores, kl, mask, lengths, beta, everyone.ended, spec.no_eos_score)
     if spec.whiten_rewards:
         rewards = whiten(rewards, mask, shift_mean=False)
-    advantages, returns = gae(rewards, rollout.values, mask, spec.gamma, spec.lam)
+    advantages, returns = gae(rewards, everyone.values, mask, spec.gamma, spec.lam)
     if spec.whiten_advantages:
         advantages = whiten(advantages, mask)
-    numbers = {"score_mean": rollout.scores.mean().item(), "score_std": rollout.scores.std().item(),
+    numbers = {"score_mean": everyone.scores.mean().item(), "score_std": everyone.scores.std().item(),
                "kl": kl.sum(1).mean().item(), "beta": beta,
                "non_score_reward": (-beta * kl).sum(1).mean().item(),
-               "entropy": masked_mean(rollout.entropy, mask).item(),
+               "entropy": masked_mean(everyone.entropy, mask).item(),
                "response_length": lengths.float().mean().item(),
-               "truncated": (~rollout.ended).float().mean().item(),
-               "explained_variance": explained_variance(rollout.values, returns, mask).item(),
+               "truncated": (~everyone.ended).float().mean().item(),
+               "explained_variance": explained_variance(everyone.values, returns, mask).item(),
                "seconds_generate": rollout.seconds["generate"], "seconds_score": rollout.seconds["score"]}
     bad = [name for name, value in numbers.items() if not math.isfinite(value)]
     if bad:
@@ -216,7 +223,8 @@ def iterate(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, s
                           "the last checkpoint left them", hint="lower the learning rates")
 
     # c. K epochs of minibatch updates
-    numbers.update(train_on(backbone, rollout, advantages, returns, spec, optimizer, generator, iteration))
+    mine = distributed.my_rows(len(rollout))
+    numbers.update(train_on(backbone, rollout, advantages[mine], returns[mine], spec, optimizer, generator, iteration))
     numbers["seconds"] = numbers["seconds_generate"] + numbers["seconds_score"] + numbers["seconds_update"]
     return numbers
 
@@ -305,13 +313,20 @@ def compare_with_sft(backbone, held_out: HeldOut, scorer, spec, max_new_tokens: 
 
 # -------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(backbone, folder, state: State, optimizer, stage_hash: str) -> None:
-    """Adapters, heads, optimizer and loop state, in one atomic folder."""
-    with atomic_path(folder.checkpoint_dir("ppo")) as temp:
-        temp.mkdir()
-        backbone.save_adapter(POLICY, temp / POLICY)
-        backbone.save_adapter(VALUE, temp / VALUE)
-        torch.save({"stage_hash": stage_hash, "state": asdict(state), "optimizer": optimizer.state_dict()},
-                   temp / STATE_FILE)
+    """Adapters, heads, optimizer and loop state, in one atomic folder (written by the first process; every
+    process calls this)."""
+    if not distributed.is_main():
+        distributed.barrier()
+        return
+    try:
+        with atomic_path(folder.checkpoint_dir("ppo")) as temp:
+            temp.mkdir()
+            backbone.write_adapter(POLICY, temp / POLICY)
+            backbone.write_adapter(VALUE, temp / VALUE)
+            torch.save({"stage_hash": stage_hash, "state": asdict(state), "optimizer": optimizer.state_dict()},
+                       temp / STATE_FILE)
+    finally:
+        distributed.barrier()
 
 
 def load_checkpoint(backbone, folder, stage_hash: str, progress) -> tuple[State | None, dict | None]:
