@@ -74,9 +74,78 @@ def main(debug: bool) -> None:
     """RLHF on one base model: SFT, reward model, PPO and evaluation as LoRA adapters.
 
     \b
-    Example:
-      lorahf run recipes/quickstart.yaml
+    Examples:
+      lorahf run recipes/quickstart.yaml          # the offline quickstart
+      lorahf init data/ --out my-recipe.yaml       # a recipe for your own files
+      lorahf run my-recipe.yaml
     """
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--base", default="google/flan-t5-base", show_default=True,
+              help="The base model: a hub id or a local folder (recipes/flan-t5-*.yaml hold settings per size).")
+@click.option("--out", default="recipe.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the recipe.")
+@click.option("--name", help="The run's name, i.e. its folder runs/NAME (default: the recipe file's name).")
+@click.option("--force", is_flag=True, help="Replace the --out file if it exists.")
+@friendly
+def init(files: tuple[str, ...], base: str, out: str, name: str | None, force: bool) -> None:
+    """Look at your data files, guess which stage reads each and which column is which, and write a
+    commented recipe. In a terminal it asks about columns it cannot tell apart; elsewhere it says so.
+
+    \b
+    Examples:
+      lorahf init data/train.jsonl data/preferences.csv data/prompts.parquet
+      lorahf init data/ --base google/flan-t5-large --out large.yaml
+    """
+    from lorahf import init as starter
+    from lorahf import recipe as recipes
+
+    target = Path(out)
+    if target.exists() and not force:
+        raise LorahfError(f"{out} exists; lorahf init does not replace it", hint="add --force, or give --out NEW.yaml")
+    found = starter.inspect_files(starter.data_files(list(files)))
+    asking = sys.stdin.isatty() and sys.stdout.isatty()
+    for guess in found:
+        for role, options in list(guess.ambiguous.items()):
+            if asking and role in guess.roles:
+                console.print(f"{guess.path}: which column holds the [bold]{role}[/bold]? "
+                              + ", ".join(f"{o} (e.g. {_cell(guess.preview[0].get(o))})" for o in options))
+                guess.choose(role, click.prompt("column", type=click.Choice(options), default=guess.roles[role]))
+    console.print(_init_table(found))
+    text = starter.recipe_text(found, base, name or target.stem, target)
+    from lorahf.runs import write_text
+
+    write_text(target, text)
+    recipes.load(target)  # a recipe init writes always validates
+    guessed = [line.removeprefix("#   ") for line in text.splitlines() if line.startswith("#   ") and "," in line
+               and ("a guess" in line or "not used" in line)]
+    for line in guessed:
+        console.print(f"[yellow]check[/yellow] {line}", highlight=False, soft_wrap=True)
+    console.print(f"wrote [bold]{out}[/bold]; next: [bold]lorahf validate {out}[/bold], then "
+                  f"[bold]lorahf plan {out} --gpu-memory 12GiB[/bold] and [bold]lorahf run {out}[/bold]")
+
+
+def _cell(value, width: int = 40) -> str:
+    text = " ".join(str(value).split())
+    return escape(text if len(text) <= width else text[:width - 1] + "…")
+
+
+def _init_table(found) -> Table:
+    from lorahf.init import PURPOSES
+
+    table = Table(title="what lorahf init found", header_style="bold", show_lines=True)
+    for column in ("file", "rows", "read as", "columns", "first row"):
+        table.add_column(column, overflow="fold")
+    order = ("prompt", "response", "chosen", "rejected", "responses", "ranking", "score", "reference")
+    for guess in found:
+        roles = sorted(guess.roles.items(), key=lambda item: order.index(item[0]))
+        columns = "\n".join(f"{role} = {name}" + (" [yellow](guess)[/yellow]" if role in guess.ambiguous else "")
+                            for role, name in roles)
+        first = "\n".join(f"{name}: {_cell(guess.preview[0].get(name))}" for _, name in roles)
+        table.add_row(escape(guess.path), str(guess.rows), PURPOSES[guess.shape], columns, first)
+    return table
 
 
 @main.command()
@@ -172,19 +241,27 @@ def report(run_dir: str) -> None:
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
 @click.option("--no-data", is_flag=True, help="Check the recipe only, without reading its data files.")
+@click.option("--explain", is_flag=True, help="Print every recipe key with its type, default and meaning (Markdown).")
 @friendly
-def validate(recipe: str, overrides: tuple[str, ...], no_data: bool) -> None:
+def validate(recipe: str | None, overrides: tuple[str, ...], no_data: bool, explain: bool) -> None:
     """Check a recipe (and its data files) without running anything.
 
     \b
-    Example:
+    Examples:
       lorahf validate recipes/quickstart.yaml
+      lorahf validate --explain          # the recipe reference, as in docs/recipe.md
     """
     from lorahf import recipe as recipes
     from lorahf.pipeline import describe
+
+    if explain:
+        click.echo(recipes.reference(), nl=False)
+        return
+    if recipe is None:
+        raise click.UsageError("Missing argument 'RECIPE'.")
 
     loaded = recipes.load(recipe, list(overrides))
     table = Table(title=f"{recipe}: valid", show_header=True, header_style="bold")

@@ -91,12 +91,14 @@ _COLUMNS_HINT = (
 
 
 def load_rows(
-    sources: list[str] | str, shape: str, columns: Mapping[str, str] | None = None
+    sources: list[str] | str, shape: str, columns: Mapping[str, str] | None = None, also: list[str] = ()
 ) -> datasets.Dataset:
     """Load every source, keep only the canonical columns of `shape`, and check every row.
 
     `columns` maps a canonical column to the user's column name ({"prompt": "document"}); a canonical
-    column not in it, or not in a file under its mapped name, is looked up under its own name. Pairwise
+    column not in it, or not in a file under its mapped name, is looked up under its own name. An optional
+    column (a prompt's `reference`) mapped in `columns:` is read where a file has it; a mapped name that no
+    source has, nor any of the stage's other sources in `also` (e.g. its eval_files), is a typo. Pairwise
     rows whose `tie` column is true (a judge saw no difference) are left out. All sources must have the same layout (for
     preference data: the same one of pairwise, ranking, score). Returns one Dataset with the canonical
     columns only, typed as in `_FEATURE_OF_KIND`. Raises a one-line DataError for the first problem in
@@ -123,6 +125,10 @@ def load_rows(
         loaded.append((source, layout, _checked_columns(source, layout, table, names)))
 
     unused = [(canonical, name) for canonical, name in columns.items() if name != canonical and name not in seen]
+    if unused and also:
+        for source in also:
+            seen.update(load_table(source).column_names)
+        unused = [(canonical, name) for canonical, name in unused if name not in seen]
     if unused:  # a typo in `columns:` that the canonical-name fallback would otherwise hide
         canonical, name = unused[0]
         match = difflib.get_close_matches(name, sorted(seen), n=1)
@@ -201,7 +207,7 @@ def _map_columns(
             name = canonical  # a file lorahf wrote (judgements) beside the user's own, under one `columns:`
         if name in file_columns:
             names[canonical] = name
-        elif canonical in layout.required or canonical in columns:
+        elif canonical in layout.required:
             missing.append((canonical, name))
     if missing:
         raise _missing_columns_error(source, layout, missing, file_columns)

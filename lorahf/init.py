@@ -41,6 +41,11 @@ PURPOSES = {"sft": "sft: prompt -> response pairs", "pairwise": "reward: prompt,
             "prompts": "ppo: prompts for rollouts", "held_out": "ppo and evaluate: held-out prompts"}
 REWARD_LAYOUTS = ("pairwise", "ranking", "score")
 
+# Per Flan-T5 size, the settings of recipes/flan-t5-*.yaml for a 12 GB card (xxl: 24 GB); other bases get base's.
+# (quantization, gradient_checkpointing, sft batch, reward batch, ppo batch, ppo minibatch)
+SIZES = {"small": ("8bit", False, 16, 8, 32, 8), "base": ("8bit", False, 8, 4, 16, 4),
+         "large": ("8bit", True, 8, 4, 16, 4), "xl": ("8bit", True, 8, 4, 16, 4), "xxl": ("4bit", True, 4, 2, 8, 2)}
+
 
 @dataclass
 class FileGuess:
@@ -56,11 +61,34 @@ class FileGuess:
 
     def choose(self, role: str, column: str) -> None:
         """Settle an ambiguous role (e.g. after asking); the column leaves any other role it had."""
+        previous = self.roles.get(role)
         for other, name in list(self.roles.items()):
-            if name == column and other != role:
-                self.roles[other] = self.roles[role]
+            if name == column and other != role:  # the two swap (or the other loses its column)
+                if previous is None:
+                    del self.roles[other]
+                else:
+                    self.roles[other] = previous
         self.roles[role] = column
         self.ambiguous.pop(role, None)
+        settle(self)
+
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def data_files(paths: list[str]) -> list[str]:
+    """The files given, with each folder replaced by the data files in it (sorted)."""
+    files = []
+    for path in paths:
+        folder = Path(path)
+        if folder.is_dir():
+            inside = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in DATA_SUFFIXES)
+            if not inside:
+                raise LorahfError(f"{path}: no {', '.join(DATA_SUFFIXES)} files in this folder")
+            files += inside
+        else:
+            files.append(path)
+    return files
 
 
 def inspect_files(paths: list[str]) -> list[FileGuess]:
@@ -77,7 +105,7 @@ def inspect_file(path: str) -> FileGuess:
     lengths = {column: _mean_length([row[column] for row in sample]) for column in kinds if kinds[column] == "text"}
     guess = FileGuess(path, len(table), table.column_names, kinds, preview=sample[:3], lengths=lengths)
     _assign_roles(guess)
-    guess.shape = _shape(guess)
+    settle(guess)
     if not guess.shape:
         described = ", ".join(f"{c} ({k})" for c, k in kinds.items())
         raise LorahfError(f"{path}: no column looks like a prompt (columns: {described})",
@@ -170,6 +198,11 @@ def _mean_length(values: list) -> float:
     return sum(map(len, texts)) / max(len(texts), 1)
 
 
+def settle(guess: FileGuess) -> None:
+    """Decide the file's shape from its roles (again after a role was chosen by hand)."""
+    guess.shape = _shape(guess)
+
+
 def _shape(guess: FileGuess) -> str:
     roles = guess.roles
     if "prompt" not in roles:
@@ -234,8 +267,7 @@ def plan_stages(found: list[FileGuess]) -> Plan:
         elif prompts is sft:  # the held-out split of the SFT pairs: their responses are references
             columns["ppo"]["reference"] = sft[0].roles["response"]
     else:
-        unused += [(g.path, "held-out prompts: PPO needs reward data") for g in eval_files]
-        eval_files = []
+        eval_files = _same_columns(eval_files, ("prompt", "reference"), unused)  # evaluate reads them
         unused += [(g.path, "prompts: PPO needs reward data") for g in found if g.shape == "prompts"]
     stages = [name for name in ("sft", "reward", "ppo") if name in files] + ["evaluate"]
     return Plan(stages, files, eval_files, columns, unused)
@@ -243,6 +275,11 @@ def plan_stages(found: list[FileGuess]) -> Plan:
 
 def _columns(guess: FileGuess, roles: tuple[str, ...]) -> dict[str, str]:
     return {role: guess.roles[role] for role in roles if role in guess.roles}
+
+
+def _renamed(columns: dict[str, str]) -> dict[str, str]:
+    """The mapping a recipe needs: columns already named as lorahf names them need no entry."""
+    return {role: name for role, name in columns.items() if role != name}
 
 
 def _same_columns(guesses: list[FileGuess], roles: tuple[str, ...], unused: list, like: dict | None = None):
@@ -262,30 +299,25 @@ def _same_columns(guesses: list[FileGuess], roles: tuple[str, ...], unused: list
 
 def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name: str = "my-run",
                 out: Path | None = None) -> str:
-    """A commented recipe for the files, to be saved at `out` (file paths are written relative to its folder)."""
-    root = out.parent if out is not None else None
+    """A commented recipe for the files, to be saved at `out`."""
     shown = out.as_posix() if out is not None else "RECIPE"
     plan = plan_stages(found)
 
     def path(guess: FileGuess) -> str:
-        where = Path(guess.path).resolve()
-        if root is not None:
-            try:
-                return where.relative_to(root.resolve()).as_posix()
-            except ValueError:
-                pass
-        return guess.path
+        return guess.path  # as given: a recipe's paths are read from the folder lorahf runs in
 
     def data(stage: str, note: str) -> list[str]:
         listed = [path(g) for g in plan.files[stage]]
         lines = ["  data:", f"    files: {_flow(listed)}{' ' * max(1, 42 - len(_flow(listed)) - 11)}# {note}"]
-        if plan.columns[stage]:
-            lines.append(f"    columns: {_flow(plan.columns[stage])}   # lorahf's column: yours")
+        if _renamed(plan.columns[stage]):
+            lines.append(f"    columns: {_flow(_renamed(plan.columns[stage]))}   # lorahf's column: yours")
         if stage == "ppo" and plan.eval_files:
             lines.append(f"    eval_files: {_flow([path(g) for g in plan.eval_files])}   # held-out prompts")
         return lines
 
-    size = base.rsplit("-", 1)[-1]
+    size = base.rstrip("/").rsplit("-", 1)[-1]
+    quantization, checkpointing, sft_batch, reward_batch, ppo_batch, minibatch = SIZES.get(size, SIZES["base"])
+    card = "24 GB" if size == "xxl" else "12 GB"
     prompt_tokens = _tokens([g.lengths[g.roles["prompt"]] for g in plan.files["sft"]], 512)
     response_tokens = _tokens([g.lengths[g.roles["response"]] for g in plan.files["sft"]], 128)
     lines = [
@@ -298,9 +330,9 @@ def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name:
         "seed: 0",
         "model:",
         f"  name: {base}{' ' * max(1, 38 - len(base))}# a hub id or a local folder",
-        f"  quantization: {'4bit' if size == 'xxl' else '8bit'}"
-        "                          # 8bit | 4bit (the largest bases) | none",
-        "  gradient_checkpointing: false               # true: far less memory in sft and reward, about 2x their time",
+        f"  quantization: {quantization}                          # 8bit | 4bit (the largest bases) | none",
+        f"  gradient_checkpointing: {str(checkpointing).lower()}{' ' * (20 - len(str(checkpointing)))}"
+        "# true: far less memory in sft and reward, about 2x their time",
         'prompt_template: "{prompt}"                   # how each prompt is shown to the model, e.g. "summarize: {prompt}"',
         f"max_prompt_tokens: {prompt_tokens}{' ' * 25}# longer prompts are cut (lorahf validate counts them)",
         f"max_response_tokens: {response_tokens}",
@@ -309,17 +341,27 @@ def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name:
         "sft:",
         *data("sft", "prompt -> response pairs"),
         "  learning_rate: 3.0e-4",
-        "  batch_size: 8",
+        f"  batch_size: {sft_batch}{' ' * (32 - len(str(sft_batch)))}# sizes for a {card} card: see lorahf plan",
         "  epochs: 2",
     ]
     if "reward" in plan.files:
         lines += ["reward:", *data("reward", PURPOSES[plan.files["reward"][0].shape].split(": ", 1)[1]),
-                  "  learning_rate: 1.0e-4", "  batch_size: 4"]
+                  "  learning_rate: 1.0e-4", f"  batch_size: {reward_batch}"]
     if "ppo" in plan.files:
         note = "prompts only: the policy writes its own answers" if plan.files["ppo"] is not plan.files["sft"] \
             else "the SFT prompts (no prompts-only file was given)"
-        lines += ["ppo:", *data("ppo", note), "  batch_size: 16", "  minibatch_size: 4"]
-    lines += ["evaluate:", "  batch_size: 16"]
+        lines += ["ppo:", *data("ppo", note), f"  batch_size: {ppo_batch}", f"  minibatch_size: {minibatch}"]
+    lines += ["evaluate:"]
+    if "ppo" not in plan.files:  # no ppo stage to take held-out prompts from: its own, with references
+        source = plan.eval_files or plan.files["sft"]
+        reference = (_columns(source[0], ("prompt", "reference")) if plan.eval_files
+                     else {"prompt": plan.files["sft"][0].roles["prompt"],
+                           "reference": plan.files["sft"][0].roles["response"]})
+        note = "held-out prompts" if plan.eval_files else "the SFT file's held-out split (sft holds out the same rows)"
+        lines += ["  data:", f"    files: {_flow([path(g) for g in source])}   # {note}"]
+        if _renamed(reference):
+            lines.append(f"    columns: {_flow(_renamed(reference))}")
+    lines += ["  batch_size: 16"]
     notes = [f"#   {g.path}: {role} is {g.roles[role]}, a guess among {', '.join(options)}"
              for g in found for role, options in g.ambiguous.items() if role in g.roles]
     notes += [f"#   {file}: not used ({why})" for file, why in plan.unused]

@@ -10,6 +10,7 @@ that decides its output, upstream stages included), so rerunning the same comman
 from __future__ import annotations
 
 import errno
+import importlib.util
 import shutil
 import time
 from collections.abc import Iterator
@@ -67,7 +68,12 @@ def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stag
             write_text(folder.recipe_path, recipes.dump(recipe))
             ensure_base(recipe, progress)
         distributed.barrier()
-        result = _run_stages(recipe, folder, selected, explicit, progress)
+        if "tensorboard" in recipe.report_to:
+            folder.report_to_tensorboard()
+        try:
+            result = _run_stages(recipe, folder, selected, explicit, progress)
+        finally:
+            folder.close()
         if distributed.is_main():
             result.report = write_report(folder)
     return result
@@ -188,15 +194,18 @@ def preflight(recipe: recipes.Recipe, folder: RunFolder, selected: list[str], ex
 
     if not recipe.model.make_tiny_from or Path(recipe.model.name).exists():
         check_base(recipe.model.name, recipe.model.quantization, recipe.model.device)
+    if "tensorboard" in recipe.report_to and importlib.util.find_spec("tensorboardX") is None:
+        raise LorahfError("report_to: tensorboard needs the tensorboardX package, which is not installed",
+                          hint="pip install 'lorahf[tensorboard]', or remove tensorboard from report_to")
     will_run = [name for name in selected if explicit or not folder.is_done(name, recipe.stage_hash(name))]
     for name in will_run:
         section = getattr(recipe, name)
         spec = section.data if section.data is not None else (recipe.ppo.data if recipe.ppo else None)
         if spec is None:
             continue
-        for files in (spec.files, spec.eval_files):
+        for files, others in ((spec.files, spec.eval_files), (spec.eval_files, spec.files)):
             if files:
-                data.load_rows(files, STAGE_DATA_SHAPES[name], spec.columns)
+                data.load_rows(files, STAGE_DATA_SHAPES[name], spec.columns, also=others)
     if will_run:
         for judge in recipe.judges.values():
             if judge.python:
@@ -264,7 +273,8 @@ def describe(recipe: recipes.Recipe, read_data: bool = True) -> list[tuple[str, 
         files = section.data.files
         summary = ", ".join(files)
         if read_data:
-            rows_loaded = data.load_rows(files, STAGE_DATA_SHAPES[name], section.data.columns)
+            rows_loaded = data.load_rows(files, STAGE_DATA_SHAPES[name], section.data.columns,
+                                         also=section.data.eval_files)
             summary = f"{len(rows_loaded)} rows from {summary}"
         rows.append((name, what, summary))
     return rows

@@ -319,6 +319,9 @@ class Recipe(Section):
     """PPO: the `policy` and `value` adapters, trained against the frozen `reward` with a KL penalty to `sft`."""
     evaluate: EvaluateStage | None = None
     """Evaluation: ROUGE, BLEU, METEOR, reward, KL and judged win rates of the adapters on held-out prompts."""
+    report_to: list[Literal["tensorboard"]] = Field(default_factory=list)
+    """Also send every metric logged to metrics.jsonl to these tools (none by default): `tensorboard` writes
+    RUN/tensorboard/, seen with `tensorboard --logdir runs` (needs `pip install 'lorahf[tensorboard]'`)."""
 
     @field_validator("prompt_template")
     @classmethod
@@ -539,6 +542,56 @@ def _section_type(annotation: Any) -> type[Section] | None:
         if found:
             return found
     return None
+
+
+def reference() -> str:
+    """The recipe reference in Markdown, made from the schema itself: every key, its type, its default and its
+    docstring (docs/recipe.md is this text; `lorahf validate --explain` prints it)."""
+    lines = ["# Recipe reference", "",
+             "Every key a recipe can hold, generated from the schema in `lorahf/recipe.py` (`lorahf validate "
+             "--explain` prints this page), so it cannot drift from the code. A key left out takes its default; "
+             "an unknown key is an error.", ""]
+
+    def section(model: type[Section], prefix: str, title: str, doc: str | None) -> None:
+        rows, nested = [], []
+        for name, info in model.model_fields.items():
+            key = f"{prefix}{name}"
+            inner = _section_type(info.annotation)
+            if inner is not None:
+                mapping = getattr(info.annotation, "__origin__", None) is dict
+                nested.append((inner, f"{key}.<name>." if mapping else f"{key}.", info.description))
+                if info.is_required() or mapping:
+                    rows.append((key, _type_name(info.annotation), "required" if info.is_required() else "{}",
+                                 info.description or ""))
+                continue
+            rows.append((key, _type_name(info.annotation), _default_text(info), info.description or ""))
+        lines.extend([f"## {title}", ""] + ([" ".join((doc or "").split()), ""] if doc else []))
+        if rows:
+            lines.extend(["| key | type | default | what it does |", "|---|---|---|---|"])
+            lines.extend(f"| `{k}` | {t} | {d} | {' '.join(text.split()).replace('|', chr(92) + '|')} |"
+                         for k, t, d, text in rows)
+            lines.append("")
+        for inner, inner_prefix, inner_doc in nested:
+            section(inner, inner_prefix, f"`{inner_prefix.rstrip('.')}`", inner_doc)
+
+    section(Recipe, "", "Top level", None)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _type_name(annotation: Any) -> str:
+    text = repr(annotation) if not isinstance(annotation, type) else annotation.__name__
+    text = re.sub(r"typing\.|lorahf\.recipe\.|<class '|'>", "", text)
+    text = text.replace("Literal[", "one of [").replace("NoneType", "null").replace("Optional[", "null | [")
+    return text.replace("|", "\\|")
+
+
+def _default_text(info) -> str:
+    if info.is_required():
+        return "required"
+    value = info.default_factory() if info.default_factory is not None else info.default
+    text = "null" if value is None else json.dumps(value) if not isinstance(value, str) else f"`{value}`" if value \
+        else '""'
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:

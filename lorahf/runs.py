@@ -7,6 +7,7 @@
       checkpoints/<stage>/   mid-stage state for resuming an interrupted stage
       metrics.jsonl          one JSON object per logged step
       samples/<stage>.jsonl  generated responses with their scores
+      tensorboard/           the same metrics for TensorBoard, with `report_to: [tensorboard]`
       .lock, .lock-owner.json  held while a lorahf process works in the folder
 
 Every file is written atomically (to a temporary name in the same folder, then renamed), so a killed
@@ -34,6 +35,7 @@ TEMP_PREFIX = ".tmp-"
 _OLD_NAME = re.compile(re.escape(TEMP_PREFIX) + r"old-(?P<name>.+)-\d+")  # a folder moved aside by atomic_path
 LOCK_FILE = ".lock"
 OWNER_FILE = ".lock-owner.json"  # who holds the lock; left behind only by a process that died
+TENSORBOARD_DIR = "tensorboard"  # event files, with `report_to: [tensorboard]`
 
 
 @contextmanager
@@ -100,6 +102,20 @@ class RunFolder:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._tensorboard = None  # a tensorboardX writer while `report_to: [tensorboard]`
+
+    def report_to_tensorboard(self) -> None:
+        """From now on, every logged metric also goes to RUN/tensorboard/ (tag `stage/name`, the step as step)."""
+        if not distributed.is_main():
+            return
+        from tensorboardX import SummaryWriter
+
+        self._tensorboard = SummaryWriter(logdir=str(self.root / TENSORBOARD_DIR), flush_secs=10)
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     # ------------------------------------------------------------------------------------ lock
     @contextmanager
@@ -218,6 +234,11 @@ class RunFolder:
             handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        if self._tensorboard is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    self._tensorboard.add_scalar(f"{stage}/{name}", value, step)
+            self._tensorboard.flush()
 
     def read_metrics(self, stage: str | None = None) -> list[dict]:
         if not self.metrics_path.is_file():

@@ -121,11 +121,11 @@ def load_stage_data(spec, shape: str, seed: int):
     """A stage's (train, held-out) rows: its files, checked, split from the seed or from eval_files."""
     from lorahf.data import load_rows, split
 
-    rows = load_rows(spec.files, shape, spec.columns)
+    rows = load_rows(spec.files, shape, spec.columns, also=spec.eval_files)
     if spec.max_rows:
         rows = rows.select(range(min(spec.max_rows, len(rows))))
     if spec.eval_files:
-        return rows, load_rows(spec.eval_files, shape, spec.columns)
+        return rows, load_rows(spec.eval_files, shape, spec.columns, also=spec.files)
     return split(rows, spec.eval_fraction, seed)
 
 

@@ -161,3 +161,10 @@ def test_the_installed_command_exits_cleanly(tmp_path):
         assert failed.returncode == 1, (args, failed.stderr)
         assert "Traceback" not in failed.stderr + failed.stdout
         assert failed.stderr.startswith("error: "), failed.stderr
+
+
+def test_every_commands_help_shows_an_example_that_names_the_command():
+    for name in cli.main.commands:
+        result = CliRunner().invoke(cli.main, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Example" in result.output and f"lorahf {name} " in result.output, (name, result.output)

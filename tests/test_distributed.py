@@ -7,7 +7,9 @@ is the whole batch (with smaller ones, each process shuffles its own rows into i
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -44,11 +46,18 @@ def test_two_processes_run_every_stage_like_one_with_the_same_global_batch(tmp_p
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
     # `--multi_gpu` is accelerate's multi-process launcher (torch's elastic launch); on a machine without a GPU
     # the processes join over gloo. (`--cpu` alone starts one process.)
-    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           "-m", "lorahf", "run", str(tmp_path / "recipe.yaml")],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    launch = subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                               "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                               "-m", "lorahf", "run", str(tmp_path / "recipe.yaml")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              start_new_session=True)
+    try:
+        _, stderr = launch.communicate(timeout=600)
+    finally:  # a hang (processes waiting for each other) must not outlive the test: stop the launcher's workers too
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGKILL)
+            launch.wait()
+    assert launch.returncode == 0, stderr[-3000:]
     two = tmp_path / "runs" / "two"
 
     metrics = [json.loads((root / "stages" / "sft.json").read_text())["metrics"] for root in (two, one)]

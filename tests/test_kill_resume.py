@@ -20,8 +20,8 @@ def _harness():
 
 def test_kills_at_random_moments_and_inside_saves_end_where_an_unbroken_run_does(tmp_path, tiny_model_dir):
     raw = tiny_run_recipe(
-        tmp_path, tiny_model_dir, "killed", ["sft", "reward", "ppo", "evaluate"], sft_steps=40,
-        reward=tiny_reward_section(max_steps=20, eval_every=10),
+        tmp_path, tiny_model_dir, "killed", ["sft", "reward", "ppo", "evaluate"], sft_steps=24,
+        reward=tiny_reward_section(max_steps=12, eval_every=6),
         ppo=tiny_ppo_section(iterations=4, eval_every=3, checkpoint_every=2),
         evaluate={"max_prompts": 8})
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))

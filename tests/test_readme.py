@@ -75,3 +75,33 @@ def test_both_commands_install_the_same_torch():
         return [arg for step in steps(command_after(marker)) for arg in step if arg.startswith("torch")]
 
     assert torch_pin("quickstart-command") == torch_pin("test-command") == ["torch==2.13.0"]
+
+
+def runnable_blocks() -> list[str]:
+    """Every fenced shell block the README marks `<!-- runnable -->` (the deploy commands run in the quickstart test)."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    blocks = []
+    for at, line in enumerate(lines):
+        if line == "<!-- runnable -->":
+            assert lines[at + 1] == "```bash", "a ```bash block must follow <!-- runnable -->"
+            end = lines.index("```", at + 2)
+            blocks.append("\n".join(lines[at + 2:end]))
+    return blocks
+
+
+def test_the_readmes_runnable_commands_run_on_the_tiny_model(tmp_path, tiny_model_dir):
+    """As a new user after the quickstart: the repository's examples and recipes, and the tiny T5 it built."""
+    import shutil
+    import sys
+
+    blocks = runnable_blocks()
+    assert blocks, "README.md marks no block <!-- runnable -->"
+    for folder in ("examples", "recipes"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "tiny-t5")
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for block in blocks:
+        for line in block.splitlines():
+            done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=environment, capture_output=True, text=True,
+                                  timeout=600)
+            assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-2000:])

@@ -1,0 +1,147 @@
+"""`lorahf init`: the bundled example's files and three differently-named variants (CSV, JSONL, Parquet) become
+recipes that validate and run on the tiny model; a column names cannot settle is asked about in a terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from lorahf import pipeline
+from lorahf import recipe as recipes
+from lorahf.cli import main
+from tests.conftest import EXAMPLE_DATA
+
+# A few steps of every stage, so that a written recipe is shown to run end to end on the tiny model
+SHORT = ["sft.max_steps=3", "sft.eval_every=3", "reward.max_steps=2", "reward.eval_every=2", "reward.min_accuracy=0",
+         "ppo.iterations=1", "ppo.batch_size=4", "ppo.eval_prompts=2", "evaluate.max_prompts=4"]
+
+
+def rows(name: str, count: int = 48) -> list[dict]:
+    with open(EXAMPLE_DATA / name, encoding="utf-8") as handle:
+        return [json.loads(line) for line, _ in zip(handle, range(count))]
+
+
+def init(folder, *args: str) -> tuple[str, dict]:
+    result = CliRunner().invoke(main, ["init", *args, "--out", str(folder / "recipe.yaml")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output, yaml.safe_load((folder / "recipe.yaml").read_text())
+
+
+def run_short(folder, tiny_model_dir) -> dict:
+    recipe = recipes.load(folder / "recipe.yaml", SHORT + [f"model.name={tiny_model_dir}",
+                                                           f"output_dir={folder / 'runs'}"])
+    result = pipeline.run(recipe)
+    assert result.ran == recipe.stages
+    return result.metrics
+
+
+def test_the_bundled_example_becomes_a_recipe_that_runs(tmp_path, tiny_model_dir):
+    output, raw = init(tmp_path, str(EXAMPLE_DATA))
+    assert raw["stages"] == ["sft", "reward", "ppo", "evaluate"]
+    assert raw["sft"]["data"]["columns"] == {"prompt": "document", "response": "summary"}
+    assert raw["reward"]["data"]["files"] == [str(EXAMPLE_DATA / "preferences.jsonl")]  # the most rows of 3 layouts
+    assert raw["reward"]["data"]["columns"] == {"prompt": "document", "chosen": "better", "rejected": "worse"}
+    assert raw["ppo"]["data"]["files"] == [str(EXAMPLE_DATA / "prompts.jsonl")]
+    assert raw["ppo"]["data"]["eval_files"] == [str(EXAMPLE_DATA / "test.jsonl")]
+    assert "rankings.jsonl: not used" in output and "scores.jsonl: not used" in output
+    assert f"lorahf validate {tmp_path / 'recipe.yaml'}" in " ".join(output.split())
+    metrics = run_short(tmp_path, tiny_model_dir)
+    assert metrics["evaluate"]["eval_prompts"] == 4
+
+
+def test_three_differently_named_variants_become_recipes_that_run(tmp_path, tiny_model_dir):
+    sft, pairs, prompts, test = rows("sft.jsonl"), rows("preferences.jsonl"), rows("prompts.jsonl"), rows("test.jsonl")
+    scores = rows("scores.jsonl")
+
+    csv = tmp_path / "csv"  # news-style names, CSV, a held-out file by its name
+    csv.mkdir()
+    pd.DataFrame({"article": [r["document"] for r in sft], "highlights": [r["summary"] for r in sft]}).to_csv(
+        csv / "train.csv", index=False)
+    pd.DataFrame({"article": [r["document"] for r in pairs], "good_summary": [r["better"] for r in pairs],
+                  "bad_summary": [r["worse"] for r in pairs]}).to_csv(csv / "comparisons.csv", index=False)
+    pd.DataFrame({"article": [r["document"] for r in prompts]}).to_csv(csv / "unlabelled.csv", index=False)
+    pd.DataFrame({"article": [r["document"] for r in test], "highlights": [r["reference"] for r in test]}).to_csv(
+        csv / "validation.csv", index=False)
+
+    jsonl = tmp_path / "jsonl"  # instruction-style names, an id column, no prompts file: PPO takes the SFT prompts
+    jsonl.mkdir()
+    write_jsonl(jsonl / "demos.jsonl", [{"id": i, "instruction": r["document"], "output": r["summary"]}
+                                        for i, r in enumerate(sft)])
+    write_jsonl(jsonl / "prefs.jsonl", [{"id": i, "prompt": r["document"], "chosen": r["better"],
+                                         "rejected": r["worse"]} for i, r in enumerate(pairs)])
+
+    parquet = tmp_path / "parquet"  # camelCase names, ratings instead of pairs
+    parquet.mkdir()
+    pd.DataFrame({"postText": [r["document"] for r in sft], "tldr": [r["summary"] for r in sft]}).to_parquet(
+        parquet / "sft.parquet")
+    pd.DataFrame({"postText": [r["document"] for r in scores], "tldr": [r["summary"] for r in scores],
+                  "humanRating": [r["rating"] for r in scores]}).to_parquet(parquet / "ratings.parquet")
+    pd.DataFrame({"postText": [r["document"] for r in prompts]}).to_parquet(parquet / "queries.parquet")
+
+    _, raw = init(csv, str(csv))
+    assert raw["sft"]["data"]["columns"] == {"prompt": "article", "response": "highlights"}
+    assert raw["reward"]["data"]["columns"] == {"prompt": "article", "chosen": "good_summary",
+                                                "rejected": "bad_summary"}
+    assert raw["ppo"]["data"]["files"] == [str(csv / "unlabelled.csv")]
+    assert raw["ppo"]["data"]["eval_files"] == [str(csv / "validation.csv")]
+    assert raw["ppo"]["data"]["columns"] == {"prompt": "article", "reference": "highlights"}
+
+    _, raw = init(jsonl, str(jsonl / "demos.jsonl"), str(jsonl / "prefs.jsonl"))
+    assert raw["sft"]["data"]["columns"] == {"prompt": "instruction", "response": "output"}
+    assert "columns" not in raw["reward"]["data"]  # already lorahf's names
+    assert raw["ppo"]["data"] == {"files": [str(jsonl / "demos.jsonl")],  # held-out SFT pairs give references
+                                  "columns": {"prompt": "instruction", "reference": "output"}}
+
+    _, raw = init(parquet, str(parquet))
+    assert raw["reward"]["data"]["columns"] == {"prompt": "postText", "response": "tldr", "score": "humanRating"}
+    assert raw["ppo"]["data"]["files"] == [str(parquet / "queries.parquet")]
+
+    for folder in (csv, jsonl, parquet):
+        validated = CliRunner().invoke(main, ["validate", str(folder / "recipe.yaml")])
+        assert validated.exit_code == 0, validated.output
+        metrics = run_short(folder, tiny_model_dir)
+        assert metrics["reward"]["eval_pairs"] > 0 and metrics["ppo"]["iterations"] == 1
+
+
+def write_jsonl(path, items: list[dict]) -> None:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+
+
+def test_unnamed_columns_are_guessed_by_their_values_and_asked_about_in_a_terminal(tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    sft = rows("sft.jsonl", 20)
+    pd.DataFrame({"left": [r["summary"] for r in sft], "right": [r["document"] for r in sft]}).to_csv(
+        tmp_path / "pairs.csv", index=False)
+
+    # no terminal: the longer texts are the prompts, and the output says it guessed
+    output, raw = init(tmp_path, str(tmp_path / "pairs.csv"))
+    assert raw["sft"]["data"]["columns"] == {"prompt": "right", "response": "left"}
+    assert "prompt is right, a guess among right, left" in " ".join(output.split())
+
+    # a terminal: asked, and the answer is what the recipe maps (the other column takes the other role)
+    child = pexpect.spawn(sys.executable, ["-m", "lorahf", "init", "pairs.csv", "--out", "asked.yaml"], cwd=tmp_path,
+                          encoding="utf-8", timeout=120, dimensions=(50, 200))
+    child.expect("which column holds the")
+    child.expect(r"column .*: ")
+    child.sendline("left")
+    child.expect(pexpect.EOF)
+    assert "wrote" in child.before
+    raw = yaml.safe_load((tmp_path / "asked.yaml").read_text())
+    assert raw["sft"]["data"]["columns"] == {"prompt": "left", "response": "right"}
+
+
+def test_init_refuses_to_replace_a_recipe_and_names_a_file_it_cannot_use(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("name: mine\n")
+    result = CliRunner().invoke(main, ["init", str(EXAMPLE_DATA / "sft.jsonl"), "--out", str(tmp_path / "recipe.yaml")])
+    assert result.exit_code == 1 and "exists" in result.output
+    assert (tmp_path / "recipe.yaml").read_text() == "name: mine\n"
+    write_jsonl(tmp_path / "numbers.jsonl", [{"a": 1, "b": 2}])
+    result = CliRunner().invoke(main, ["init", str(tmp_path / "numbers.jsonl"), "--out", str(tmp_path / "new.yaml")])
+    assert result.exit_code == 1 and "numbers.jsonl: no column looks like a prompt" in " ".join(result.output.split())
+    result = CliRunner().invoke(main, ["init", str(EXAMPLE_DATA / "prompts.jsonl"), "--out", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 1 and "no file has prompt -> response pairs" in " ".join(result.output.split())
