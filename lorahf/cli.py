@@ -109,7 +109,7 @@ def init(files: tuple[str, ...], base: str, out: str, name: str | None, force: b
     asking = sys.stdin.isatty() and sys.stdout.isatty()
     for guess in found:
         for role, options in list(guess.ambiguous.items()):
-            if asking and role in guess.roles:
+            if asking and role in guess.roles and len(options) > 1:
                 console.print(f"{guess.path}: which column holds the [bold]{role}[/bold]? "
                               + ", ".join(f"{o} (e.g. {_cell(guess.preview[0].get(o))})" for o in options))
                 guess.choose(role, click.prompt("column", type=click.Choice(options), default=guess.roles[role]))
@@ -119,10 +119,9 @@ def init(files: tuple[str, ...], base: str, out: str, name: str | None, force: b
 
     write_text(target, text)
     recipes.load(target)  # a recipe init writes always validates
-    guessed = [line.removeprefix("#   ") for line in text.splitlines() if line.startswith("#   ") and "," in line
-               and ("a guess" in line or "not used" in line)]
-    for line in guessed:
-        console.print(f"[yellow]check[/yellow] {line}", highlight=False, soft_wrap=True)
+    lines = text.splitlines()
+    for line in lines[lines.index(starter.GUESSES) + 1:] if starter.GUESSES in lines else []:
+        console.print(f"[yellow]check[/yellow] {escape(line.removeprefix('#   '))}", highlight=False, soft_wrap=True)
     console.print(f"wrote [bold]{out}[/bold]; next: [bold]lorahf validate {out}[/bold], then "
                   f"[bold]lorahf plan {out} --gpu-memory 12GiB[/bold] and [bold]lorahf run {out}[/bold]")
 

@@ -34,6 +34,7 @@ ROLE_NAMES: dict[str, tuple[str, ...]] = {
 HELD_OUT_WORDS = ("test", "eval", "valid", "validation", "dev", "heldout", "holdout")
 """A file whose name has one of these words holds held-out prompts (its answers become references)."""
 SAMPLE_ROWS = 200  # rows read to tell a column's kind
+GUESSES = "# Guesses to check:"  # the recipe's last lines, after this one, say what names could not settle
 
 # What each shape of file is for: (stage, lorahf's data shape, layout)
 PURPOSES = {"sft": "sft: prompt -> response pairs", "pairwise": "reward: prompt, chosen, rejected",
@@ -362,11 +363,12 @@ def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name:
         if _renamed(reference):
             lines.append(f"    columns: {_flow(_renamed(reference))}")
     lines += ["  batch_size: 16"]
-    notes = [f"#   {g.path}: {role} is {g.roles[role]}, a guess among {', '.join(options)}"
+    notes = [f"#   {g.path}: {role} is {g.roles[role]}, "
+             + (f"a guess among {', '.join(options)}" if len(options) > 1 else "guessed from its values")
              for g in found for role, options in g.ambiguous.items() if role in g.roles]
     notes += [f"#   {file}: not used ({why})" for file, why in plan.unused]
     if notes:
-        lines += ["", "# Guesses to check:", *notes]
+        lines += ["", GUESSES, *notes]
     return "\n".join(lines) + "\n"
 
 
