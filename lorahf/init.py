@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorahf.data import load_table
+from lorahf.data import NUMBER, RANKS, SHAPES, TEXT, TEXTS, _as_number, load_table
 from lorahf.errors import LorahfError
 
 # The names people give each of lorahf's columns (lower case; a column matches by its whole name or one word).
@@ -40,7 +40,6 @@ GUESSES = "# Guesses to check:"  # the recipe's last lines, after this one, say 
 PURPOSES = {"sft": "sft: prompt -> response pairs", "pairwise": "reward: prompt, chosen, rejected",
             "ranking": "reward: prompt, responses, ranking", "score": "reward: prompt, response, score",
             "prompts": "ppo: prompts for rollouts", "held_out": "ppo and evaluate: held-out prompts"}
-REWARD_LAYOUTS = ("pairwise", "ranking", "score")
 
 # Per Flan-T5 size, the settings of recipes/flan-t5-*.yaml for a 12 GB card (xxl: 24 GB); other bases get base's.
 # (quantization, gradient_checkpointing, sft batch, reward batch, ppo batch, ppo minibatch)
@@ -103,7 +102,7 @@ def inspect_file(path: str) -> FileGuess:
     table = load_table(path)
     sample = table.select(range(min(SAMPLE_ROWS, len(table)))).to_list()
     kinds = {column: _kind([row[column] for row in sample]) for column in table.column_names}
-    lengths = {column: _mean_length([row[column] for row in sample]) for column in kinds if kinds[column] == "text"}
+    lengths = {column: _mean_length([row[column] for row in sample]) for column in kinds if kinds[column] == TEXT}
     guess = FileGuess(path, len(table), table.column_names, kinds, preview=sample[:3], lengths=lengths)
     _assign_roles(guess)
     settle(guess)
@@ -115,28 +114,22 @@ def inspect_file(path: str) -> FileGuess:
 
 
 def _kind(values: list) -> str:
+    """The kind of lorahf column (data.TEXT, TEXTS, RANKS, NUMBER) a file's column looks like, or "other".
+    Lenient where the loader is strict (a duplicate in one ranking, an overlong cell): the recipe is still
+    written, and `lorahf validate` names the row."""
     present = [v for v in values if v is not None and v != ""]
     if not present:
         return "other"
+    if all(_as_number(v) is not None for v in present):  # numbers, or CSV cells holding them
+        return NUMBER
     if all(isinstance(v, str) for v in present):
-        numeric = all(_is_number(v) for v in present)
-        return "number" if numeric else "text"
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        return "number"
+        return TEXT
     if all(isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in present):
-        return "texts"
+        return TEXTS
     if all(isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
            for v in present):
-        return "ranks"
+        return RANKS
     return "other"
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _words(column: str) -> list[str]:
@@ -153,8 +146,10 @@ def _name_match(column: str, role: str) -> int:
     return 1 if any(word in names for word in words) else 0
 
 
-ROLE_KINDS = {"chosen": "text", "rejected": "text", "reference": "text", "prompt": "text", "response": "text",
-              "responses": "texts", "ranking": "ranks", "score": "number"}
+# lorahf's columns and their kinds, and the columns of each preference layout, as lorahf.data defines them
+ROLE_KINDS = {column: kind for layouts in SHAPES.values() for layout in layouts
+              for column, kind in layout.columns.items()}
+LAYOUT_ROLES = {layout.name: tuple(layout.columns) for layout in SHAPES["preference"]}  # pairwise, ranking, score
 
 
 def _assign_roles(guess: FileGuess) -> None:
@@ -173,7 +168,7 @@ def _assign_roles(guess: FileGuess) -> None:
         free.remove(top[0])
         if len(top) > 1:
             guess.ambiguous[role] = top
-    texts = [c for c in free if guess.kinds[c] == "text"]
+    texts = [c for c in free if guess.kinds[c] == TEXT]
     if "prompt" not in guess.roles and texts:
         texts.sort(key=lambda c: -guess.lengths[c])  # documents are longer than what is written about them
         guess.roles["prompt"] = texts.pop(0)
@@ -183,7 +178,7 @@ def _assign_roles(guess: FileGuess) -> None:
         guess.roles["response"] = texts[0]
         if len(texts) > 1:
             guess.ambiguous["response"] = texts
-    numbers = [c for c in free if guess.kinds[c] == "number"]
+    numbers = [c for c in free if guess.kinds[c] == NUMBER]
     if "score" not in guess.roles and "response" in guess.roles and len(numbers) == 1:
         guess.roles["score"] = numbers[0]
         guess.ambiguous["score"] = numbers
@@ -247,14 +242,13 @@ def plan_stages(found: list[FileGuess]) -> Plan:
                           hint="add a file with a prompt column and a response column")
     files = {"sft": sft}
     columns = {"sft": _columns(sft[0], ("prompt", "response"))}
-    layouts = {g.shape for g in found if g.shape in REWARD_LAYOUTS}
+    layouts = {g.shape for g in found if g.shape in LAYOUT_ROLES}
     if layouts:
         layout = max(layouts, key=lambda name: sum(g.rows for g in found if g.shape == name))
         for g in found:
             if g.shape in layouts - {layout}:
                 unused.append((g.path, f"{PURPOSES[g.shape]}; the reward stage reads one layout, here {layout}"))
-        roles = {"pairwise": ("prompt", "chosen", "rejected"), "ranking": ("prompt", "responses", "ranking"),
-                 "score": ("prompt", "response", "score")}[layout]
+        roles = LAYOUT_ROLES[layout]
         files["reward"] = _same_columns([g for g in found if g.shape == layout], roles, unused)
         columns["reward"] = _columns(files["reward"][0], roles)
     eval_files = [g for g in found if g.shape == "held_out"]
@@ -304,16 +298,13 @@ def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name:
     shown = out.as_posix() if out is not None else "RECIPE"
     plan = plan_stages(found)
 
-    def path(guess: FileGuess) -> str:
-        return guess.path  # as given: a recipe's paths are read from the folder lorahf runs in
-
     def data(stage: str, note: str) -> list[str]:
-        listed = [path(g) for g in plan.files[stage]]
+        listed = [g.path for g in plan.files[stage]]  # as given: recipe paths are read from where lorahf runs
         lines = ["  data:", f"    files: {_flow(listed)}{' ' * max(1, 42 - len(_flow(listed)) - 11)}# {note}"]
         if _renamed(plan.columns[stage]):
             lines.append(f"    columns: {_flow(_renamed(plan.columns[stage]))}   # lorahf's column: yours")
         if stage == "ppo" and plan.eval_files:
-            lines.append(f"    eval_files: {_flow([path(g) for g in plan.eval_files])}   # held-out prompts")
+            lines.append(f"    eval_files: {_flow([g.path for g in plan.eval_files])}   # held-out prompts")
         return lines
 
     size = base.rstrip("/").rsplit("-", 1)[-1]
@@ -359,7 +350,7 @@ def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name:
                      else {"prompt": plan.files["sft"][0].roles["prompt"],
                            "reference": plan.files["sft"][0].roles["response"]})
         note = "held-out prompts" if plan.eval_files else "the SFT file's held-out split (sft holds out the same rows)"
-        lines += ["  data:", f"    files: {_flow([path(g) for g in source])}   # {note}"]
+        lines += ["  data:", f"    files: {_flow([g.path for g in source])}   # {note}"]
         if _renamed(reference):
             lines.append(f"    columns: {_flow(_renamed(reference))}")
     lines += ["  batch_size: 16"]
