@@ -63,9 +63,11 @@ def total(value: torch.Tensor) -> torch.Tensor:
     the value itself."""
     if not _started():
         return value
-    tensor = value.detach().to(torch.float64).clone()
+    # NCCL reduces only tensors on this process's GPU: a count made on the CPU goes there and comes back
+    where = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    tensor = value.detach().to(where, torch.float64, copy=True)
     torch.distributed.all_reduce(tensor)
-    return tensor.to(value.dtype if value.is_floating_point() else torch.float32)
+    return tensor.to(value.device, value.dtype if value.is_floating_point() else torch.float32)
 
 
 def gather(value: torch.Tensor, pad: float = 0) -> torch.Tensor:
@@ -112,11 +114,7 @@ def add_up(numbers: dict[str, float]) -> dict[str, float]:
     """The sum over processes of each number (e.g. each process's share of a mean); in one process, the numbers."""
     if not _started() or not numbers:
         return numbers
-    values = torch.tensor(list(numbers.values()), dtype=torch.float64)
-    if torch.cuda.is_available():
-        values = values.cuda()
-    torch.distributed.all_reduce(values)
-    return dict(zip(numbers, values.tolist()))
+    return dict(zip(numbers, total(torch.tensor(list(numbers.values()), dtype=torch.float64)).tolist()))
 
 
 def sum_gradients(parameters: list[torch.nn.Parameter]) -> None:
