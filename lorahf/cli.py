@@ -387,7 +387,7 @@ def generate(target: str, prompt_text: str | None, prompt_file: str | None, colu
 @click.option("--vocab-size", default=512, show_default=True, help="BPE vocabulary size.")
 @friendly
 def make_tiny(data_dir: str, out_dir: str, seed: int, vocab_size: int) -> None:
-    """Build the offline tiny T5 (tokenizer trained on DATA, random weights), deterministically.
+    """Build the offline tiny T5 (tokenizer trained on DATA, random weights but position heads), deterministically.
 
     \b
     Example:

@@ -218,14 +218,14 @@ def preflight(recipe: recipes.Recipe, folder: RunFolder, selected: list[str], ex
 
 def ensure_base(recipe: recipes.Recipe, progress: Progress) -> None:
     """Offline quickstart: build the tiny T5 where the recipe expects the base, if it is not there yet."""
-    from lorahf.tiny import is_stale, make_tiny
+    from lorahf.tiny import make_tiny, why_stale
 
     source = recipe.model.make_tiny_from
     if source is None:
         return
     if Path(recipe.model.name).exists():
-        if is_stale(recipe.model.name, source):
-            raise LorahfError(f"{recipe.model.name}: this tiny T5 was built from other data than {source} holds now",
+        if reason := why_stale(recipe.model.name, source):
+            raise LorahfError(f"{recipe.model.name}: {reason}",
                               hint=f"delete {recipe.model.name} (and the runs made with it) to rebuild it")
         return
     progress.note(f"building the offline tiny T5 in {recipe.model.name} from {source}")

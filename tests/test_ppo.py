@@ -18,7 +18,7 @@ from lorahf.stages import ppo as ppo_stage
 
 from tests.conftest import EXAMPLE_DATA
 
-WORD = "Tigers"  # the hand-written reward: +1 per occurrence of this word in the response
+WORD = "beat"  # the hand-written reward: +1 per occurrence of this word in the response
 
 
 def _recipe(tmp_path, model_dir, name="ppo-toy", stages=("sft", "ppo"), reward=None, sft_steps=100, **ppo):
@@ -48,7 +48,7 @@ def _ppo_rows(recipe) -> list[dict]:
 
 
 def test_ppo_learns_a_hand_written_reward_with_kl_near_zero_at_first(tmp_path, tiny_model_dir):
-    recipe = _recipe(tmp_path, tiny_model_dir, iterations=16)
+    recipe = _recipe(tmp_path, tiny_model_dir, iterations=16, temperature=1.0)
     result = pipeline.run(recipe)
     rows = _ppo_rows(recipe)
     first, last = rows[:4], rows[-4:]

@@ -128,3 +128,50 @@ def test_a_tiny_model_built_from_other_data_is_refused_by_run(tmp_path):
         handle.write('{"document": "A new report.", "reference": "New."}\n')
     with pytest.raises(LorahfError, match="built from other data"):
         pipeline.ensure_base(recipe, Progress())
+
+
+def test_an_older_tiny_model_is_refused_by_run(tmp_path):
+    from lorahf import pipeline
+    from lorahf.progress import Progress
+    from lorahf.recipe import validate
+
+    tiny = make_tiny(EXAMPLE_DATA, tmp_path / "tiny")
+    recipe = validate({"name": "x", "output_dir": str(tmp_path / "runs"), "stages": [],
+                       "model": {"name": str(tiny), "make_tiny_from": str(EXAMPLE_DATA)}})
+    pipeline.ensure_base(recipe, Progress())
+    marker = json.loads((tiny / MARKER_FILE).read_text())
+    del marker["build"]  # as lorahf wrote it before the position heads and digit pieces
+    (tiny / MARKER_FILE).write_text(json.dumps(marker))
+    with pytest.raises(LorahfError, match="older lorahf") as error:
+        pipeline.ensure_base(recipe, Progress())
+    assert "\n" not in str(error.value)
+
+
+def test_each_head_of_the_first_layer_prefers_a_position(tiny_model_dir):
+    """Encoder heads: previous token, next token, a local window, everything; decoder: previous, itself, ..."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_model_dir)
+    length = 12
+    for stack, favourite in ((model.encoder, {0: -1, 1: +1, 2: 0}), (model.decoder, {0: -1, 1: 0, 2: 0})):
+        attention = stack.block[0].layer[0].SelfAttention
+        bias = attention.compute_bias(length, length)[0]  # heads x query x key
+        query = length // 2
+        for head, offset in favourite.items():
+            weights = bias[head, query].softmax(-1) if stack is model.encoder else \
+                bias[head, query, :query + 1].softmax(-1)
+            assert weights.argmax().item() == query + offset, (head, weights)
+            assert weights.max() > 0.9 if head < 2 else weights.max() > 0.5
+        assert bias[3].abs().max() == 0  # the fourth head looks at everything alike
+
+
+def test_digits_are_pieces_of_their_own(tiny_model_dir):
+    """A score reads the same digit pieces in a report ("3 to 1") as in a summary ("3-1")."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    summary = tokenizer.tokenize("Tigers beat Rangers 3-1 in Derby.")
+    report = tokenizer.tokenize("Tigers beat Rangers 3 to 1 in a hard fought game.")
+    assert summary[3:7] == ["▁", "3", "-", "1"] and report[3:7] == ["▁", "3", "▁to", "▁"]
+    assert all(len(piece.strip("▁")) <= 1 for piece in tokenizer.tokenize("A crowd of 33200 and 2-0.")
+               if any(c.isdigit() for c in piece))
