@@ -135,6 +135,9 @@ def why_rerun(recipe: recipes.Recipe, folder: RunFolder, stages: list[str]) -> s
     if folder.recipe_path.is_file():
         before = yaml.safe_load(folder.recipe_path.read_text(encoding="utf-8")) or {}
         changed = _differences(before, recipe.model_dump(mode="json"), skip={"name", "output_dir"})
+        inputs = set().union(*(recipe.stage_inputs(stage) for stage in stages))
+        changed = [line for line in changed  # only the keys these stages' outputs depend on
+                   if any(line.split(" ", 1)[0] == key or line.startswith(key + ".") for key in inputs)]
     if not changed:
         return f"{', '.join(stages)} would rerun: the recipe is the same, but an older lorahf ran them (another stage hash)"
     more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""

@@ -338,14 +338,21 @@ class Recipe(Section):
         """A hash of everything that decides what `stage` produces, its upstream stages included.
 
         A finished stage is skipped only when its marker holds this same hash."""
-        shared = self.model_dump(mode="json", include={"seed", "model", "prompt_template",
-                                                        "max_prompt_tokens", "max_response_tokens"})
-        roles = {"sft": ["sft"], "reward": ["reward"], "ppo": ["sft", "reward"], "evaluate": []}[stage]
-        parts = {"shared": shared, "lora": [self.lora.model_dump(mode="json")[role] for role in roles],
+        shared = self.model_dump(mode="json", include=set(SHARED_KEYS))
+        parts = {"shared": shared, "lora": [self.lora.model_dump(mode="json")[role] for role in LORA_ROLES[stage]],
                  "stage": getattr(self, stage).model_dump(mode="json"),
                  **({"judges": self.model_dump(mode="json")["judges"]} if stage == "evaluate" else {}),
                  "upstream": [self.stage_hash(up) for up in UPSTREAM[stage] if up in self.stages]}
         return _hash(parts)
+
+    def stage_inputs(self, stage: str) -> set[str]:
+        """The recipe keys (dotted paths) that `stage_hash(stage)` reads, its upstream stages' included."""
+        keys = {*SHARED_KEYS, *(f"lora.{role}" for role in LORA_ROLES[stage]), stage,
+                *(["judges"] if stage == "evaluate" else [])}
+        for up in UPSTREAM[stage]:
+            if up in self.stages:
+                keys |= self.stage_inputs(up)
+        return keys
 
     @property
     def hash(self) -> str:
@@ -355,6 +362,10 @@ class Recipe(Section):
 
 UPSTREAM = {"sft": [], "reward": ["sft"], "ppo": ["sft", "reward"], "evaluate": ["sft", "reward", "ppo"]}
 """Which stages' outputs each stage starts from."""
+SHARED_KEYS = ("seed", "model", "prompt_template", "max_prompt_tokens", "max_response_tokens")
+"""Recipe keys every stage's outputs depend on."""
+LORA_ROLES = {"sft": ["sft"], "reward": ["reward"], "ppo": ["sft", "reward"], "evaluate": []}
+"""Whose `lora:` settings decide each stage's outputs (ppo's policy and value copy sft's and reward's)."""
 
 
 def _hash(obj: Any) -> str:

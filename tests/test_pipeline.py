@@ -50,8 +50,12 @@ def test_run_resume_and_rerun(recipe):
     assert again.metrics["sft"] == json.loads(folder.marker_path("sft").read_text())["metrics"]
 
     recipe.reward.learning_rate = 1e-4  # changes reward only: refused without --force, nothing touched
-    with pytest.raises(LorahfError, match="reward would rerun because the recipe changed: reward.learning_rate"):
+    saved = yaml.safe_load(folder.recipe_path.read_text())
+    folder.recipe_path.write_text(yaml.safe_dump({**saved, "report_to": ["tensorboard"]}))  # no stage reads it
+    with pytest.raises(LorahfError, match="reward would rerun because the recipe changed: reward.learning_rate") \
+            as error:
         pipeline.run(recipe)
+    assert "report_to" not in str(error.value) and " more" not in str(error.value)
     changed = pipeline.run(recipe, force=True)
     assert changed.ran == ["reward"] and changed.skipped == ["sft"]
 
