@@ -139,9 +139,9 @@ def build_model(spec: TinySpec, vocab_size: int):
 def position_heads(model, strength: float) -> None:
     """Give the heads of each stack's relative-position bias a preference for a position, as pretraining does.
 
-    Measured (a winner-or-loser probe on the bundled reports, LoRA r16, 600 steps): with T5's random init
-    (std 0.08) the first decoder token named the winner 0.61 of the time; with these heads 1.00 after
-    200 steps."""
+    Measured on a probe (LoRA r16 on the 7 linears, lr 1e-3, batch 32, trained on the first summary token
+    of the bundled reports): with T5's random init (std 0.08) the winner's logit beat the loser's on 0.61
+    of the held-out reports after 600 steps; with these heads on 1.00 after 200 steps."""
     from transformers.models.t5.modeling_t5 import T5Attention
 
     config = model.config
