@@ -147,21 +147,19 @@ def position_heads(model, strength: float) -> None:
     config = model.config
     distance = config.relative_attention_max_distance
     all_offsets = torch.arange(-distance, distance + 1)
-    cycle = {  # per head, the bias of a key at `offset` (key position - query position); heads cycle
-        True: [lambda o: strength * (o == -1), lambda o: strength * (o == 1),        # encoder: previous, next,
-               lambda o: -strength / 4 * o.abs(), lambda o: torch.zeros_like(o)],   # a local window, everything
-        False: [lambda o: strength * (o == -1), lambda o: strength * (o == 0),       # decoder: previous, itself,
-                lambda o: -strength / 4 * o.abs(), lambda o: torch.zeros_like(o)],  # a local window, everything
-    }
     for stack, bidirectional in ((model.encoder, True), (model.decoder, False)):
+        # per head (they cycle), the bias of a key at offset o = key position - query position
+        second = 1 if bidirectional else 0  # the encoder's second head looks at the next token, the decoder's at itself
+        preferences = [lambda o: strength * (o == -1), lambda o: strength * (o == second),  # previous; next or itself
+                       lambda o: -strength / 4 * o.abs(), lambda o: torch.zeros_like(o)]  # a local window; everything
         bias = stack.block[0].layer[0].SelfAttention.relative_attention_bias
         offsets = all_offsets if bidirectional else all_offsets[all_offsets <= 0]  # the decoder sees no future
         buckets = T5Attention._relative_position_bucket(offsets, bidirectional=bidirectional,
                                                         num_buckets=config.relative_attention_num_buckets,
-                                                        max_distance=config.relative_attention_max_distance)
+                                                        max_distance=distance)
         table = torch.zeros_like(bias.weight)
         for head in range(config.num_heads):
-            table[buckets, head] = cycle[bidirectional][head % 4](offsets).float()
+            table[buckets, head] = preferences[head % 4](offsets).float()
         with torch.no_grad():
             bias.weight.copy_(table)
 
