@@ -396,7 +396,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recip
     if not isinstance(raw, dict):
         raise RecipeError(str(path), ["the top level must be a mapping of keys to values"])
     lines = _key_lines(node)
-    problems: list[str] = []
+    problems = _duplicate_keys(node)  # YAML keeps the last of a key given twice: say so, with both lines
     overridden: set[str] = set()
     for override in overrides:
         key, problem = _apply_override(raw, override)
@@ -405,6 +405,10 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recip
         else:
             overridden.add(key)
     return validate(raw, source=str(path), lines=lines, overridden=overridden, problems=problems)
+
+
+HINT = "every key, its type, default and meaning: docs/recipe.md, or `lorahf validate --explain`"
+"""The hint under every recipe error: the reference, not the source."""
 
 
 def validate(raw: dict, source: str = "recipe", lines: dict[str, int] | None = None,
@@ -421,7 +425,7 @@ def validate(raw: dict, source: str = "recipe", lines: dict[str, int] | None = N
     if recipe is not None:
         problems += [_with_line(key, msg, lines, overridden) for key, msg in _cross_checks(recipe)]
     if problems:
-        raise RecipeError(source, problems, hint="every field, its type and default is documented in lorahf/recipe.py")
+        raise RecipeError(source, problems, hint=HINT)
     return recipe
 
 
@@ -611,6 +615,8 @@ def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            for earlier in [k for k in found if k.startswith((path + ".", path + "["))]:
+                del found[earlier]  # a key given twice: YAML keeps the last, and so do its lines
             found[path] = key_node.start_mark.line + 1
             found.update(_key_lines(value_node, path))
     elif isinstance(node, yaml.SequenceNode):
@@ -618,6 +624,32 @@ def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
             path = f"{prefix}[{index}]"
             found[path] = item.start_mark.line + 1
             found.update(_key_lines(item, path))
+    return found
+
+
+def _duplicate_keys(node: yaml.Node | None, loc: tuple = (), seen: set[int] | None = None) -> list[str]:
+    """A problem line for each key given again in the same mapping, at any depth (the first one named)."""
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:  # an alias is the node it names: look at it once
+        return []
+    seen.add(id(node))
+    found: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            path = (*loc, key_node.value) if isinstance(key_node, yaml.ScalarNode) else loc
+            if isinstance(key_node, yaml.ScalarNode):
+                line = key_node.start_mark.line + 1
+                key = (key_node.tag, key_node.value)  # 1 and "1" are different keys
+                if key in first:
+                    found.append(f"line {line}: {_key_path(list(path))}: given twice (first on line {first[key]}); "
+                                 "keep one")
+                else:
+                    first[key] = line
+            found += _duplicate_keys(value_node, path, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found += _duplicate_keys(item, (*loc, index), seen)
     return found
 
 

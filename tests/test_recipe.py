@@ -113,6 +113,58 @@ def test_malformed_recipes_get_clear_lines(tmp_path, text, expected):
     assert expected in str(error.value)
 
 
+def test_a_second_section_is_an_error_naming_both_lines_not_a_missing_key(tmp_path):
+    """YAML keeps the last of two `sft:` sections; the error names the duplicate, and a problem inside the
+    section that was kept points at that one (line 10), not at the first."""
+    text = GOOD + "sft:\n  batch_size: 8\n"
+    with pytest.raises(RecipeError) as error:
+        recipes.load(_write(tmp_path, text))
+    problems = error.value.problems
+    assert problems[0] == "line 10: sft: given twice (first on line 5); keep one", problems
+    assert "line 10: sft.data: is required" in problems, problems  # the file's other problems still reported
+
+
+def test_a_second_top_level_value_is_an_error_naming_both_lines(tmp_path):
+    text = GOOD.replace("name: demo\n", "name: demo\nseed: 1\n") + "seed: 2\n"
+    with pytest.raises(RecipeError) as error:
+        recipes.load(_write(tmp_path, text))
+    assert error.value.problems == ["line 11: seed: given twice (first on line 2); keep one"]
+
+
+def test_duplicates_at_any_depth_are_reported_together_with_other_problems(tmp_path):
+    text = GOOD.replace("response: summary}", "response: summary,\n               prompt: text}") \
+               .replace("learning_rate: 1.0e-3", "learning_rate: 1.0e-3\n  learning_rate: 2.0e-3\n  lr: 1") + \
+        "judges:\n  gold: {python: a.py:f}\n  gold: {python: b.py:f}\n"
+    with pytest.raises(RecipeError) as error:
+        recipes.load(_write(tmp_path, text))
+    problems = error.value.problems
+    assert problems[:3] == ["line 9: sft.data.columns.prompt: given twice (first on line 8); keep one",
+                            "line 11: sft.learning_rate: given twice (first on line 10); keep one",
+                            "line 15: judges.gold: given twice (first on line 14); keep one"], problems
+    assert any(p.startswith("line 12: sft.lr: unknown key") for p in problems), problems
+
+
+def test_the_same_key_in_two_sections_or_list_items_is_no_duplicate(tmp_path):
+    text = GOOD.replace("stages: [sft]", "stages: [sft, reward]") + textwrap.dedent("""\
+        reward:
+          data:
+            files: [data/prefs.jsonl]
+            columns: {prompt: document}
+          learning_rate: 1.0e-4
+        """)
+    recipe = recipes.load(_write(tmp_path, text))
+    assert recipe.reward.learning_rate == 1e-4
+
+
+def test_recipe_errors_point_to_the_reference_not_the_source(tmp_path):
+    with pytest.raises(RecipeError) as error:
+        recipes.load(_write(tmp_path, GOOD.replace("learning_rate", "lr")))
+    assert "docs/recipe.md" in error.value.hint and "lorahf validate --explain" in error.value.hint
+    assert "lorahf/recipe.py" not in error.value.hint
+    assert (recipes.reference().splitlines()[0] in
+            (recipes.Path(__file__).parents[1] / "docs" / "recipe.md").read_text())  # the page the hint names
+
+
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(RecipeError, match="file not found"):
         recipes.load(tmp_path / "nope.yaml")
