@@ -126,7 +126,7 @@ class Backbone:
 
         quiet_libraries()
         target = _pick_device(device)
-        _check_folder(name)
+        check_folder(name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
             model = AutoModelForSeq2SeqLM.from_pretrained(
@@ -534,7 +534,7 @@ def check_base(name: str, quantization: str = "8bit", device: str = "auto") -> N
 
     quiet_libraries()
     target = _pick_device(device)
-    _check_folder(name)
+    check_folder(name)
     try:
         config = AutoConfig.from_pretrained(name)
         tokenizer = AutoTokenizer.from_pretrained(name)
@@ -544,7 +544,7 @@ def check_base(name: str, quantization: str = "8bit", device: str = "auto") -> N
     _quantization_config(quantization, target)
 
 
-def _check_folder(name: str) -> None:
+def check_folder(name: str) -> None:
     """A local folder must hold a model; a hub id must be cached or the hub reachable (else the hub client
     retries for about 20 seconds before it fails)."""
     local = Path(name)

@@ -51,7 +51,7 @@ def plan(recipe, device: str = "cuda", padded: bool = True, exact: bool = False)
     from lorahf.backbone import quiet_libraries
 
     quiet_libraries()
-    config = model_config(recipe.model.name)
+    config = model_config(recipe.model.name, recipe.model.make_tiny_from)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     shape = Shape(config, dtype, device, padded)
     base = base_bytes(config, recipe.model.quantization, dtype)
@@ -114,17 +114,35 @@ FLAN_T5 = {"small": (512, 1024, 8, 6), "base": (768, 2048, 12, 12), "large": (10
            "xl": (2048, 5120, 24, 32), "xxl": (4096, 10240, 24, 64)}
 
 
-def model_config(name: str):
-    """The config of a local folder, a cached hub id, or one of google/flan-t5-*'s (known without a hub)."""
+def model_config(name: str, make_tiny_from: str | None = None):
+    """The config of a local folder, a cached hub id, one of google/flan-t5-*'s (known without a hub), or,
+    when `make_tiny_from` is set and `name` does not exist yet, of the tiny T5 the first run will build there.
+    Any other name fails at once, as `lorahf run` does, instead of after the hub client's retries."""
     from pathlib import Path
 
+    from huggingface_hub import try_to_load_from_cache
     from transformers import AutoConfig, T5Config
 
+    from lorahf.backbone import check_folder
+
+    local = Path(name).exists()
+    if make_tiny_from and not local:
+        from lorahf import tiny
+
+        # make_tiny sizes the model to its tokenizer, trained on make_tiny_from's text: BPE stops short of
+        # the spec's vocab_size when that text holds fewer merges, and the plan is then a few kB too large.
+        return tiny.model_config(tiny.TinySpec())
     size = name.removeprefix("google/flan-t5-")
+    flan = name.startswith("google/flan-t5-") and size in FLAN_T5
+    if not flan:
+        check_folder(name)  # a folder without config.json, or a hub id neither cached nor reachable: one line
+    # A hub id's config in the cache is read from there (asking the hub for a newer one costs its retries
+    # offline); a Flan-T5 not in the cache comes from FLAN_T5.
+    from_cache = not local and (flan or isinstance(try_to_load_from_cache(name, "config.json"), str))
     try:
-        return AutoConfig.from_pretrained(name, local_files_only=not Path(name).exists() and size in FLAN_T5)
+        return AutoConfig.from_pretrained(name, local_files_only=from_cache)
     except Exception as error:  # noqa: BLE001 - a missing or broken config, in one line
-        if name.startswith("google/flan-t5-") and size in FLAN_T5:
+        if flan:
             d_model, d_ff, layers, heads = FLAN_T5[size]
             return T5Config(vocab_size=32128, d_model=d_model, d_ff=d_ff, d_kv=64, num_heads=heads, num_layers=layers,
                             num_decoder_layers=layers, feed_forward_proj="gated-gelu", tie_word_embeddings=False,

@@ -117,14 +117,22 @@ def train_tokenizer(texts: list[str], vocab_size: int):
                                    unk_token="<unk>", model_max_length=512)
 
 
+def model_config(spec: TinySpec, vocab_size: int | None = None):
+    """The T5Config of the tiny T5 of `spec` with `vocab_size` tokens (None: the spec's target): what
+    `build_model` builds, and what `lorahf plan` plans from before the base is built."""
+    from transformers import T5Config
+
+    return T5Config(vocab_size=vocab_size or spec.vocab_size, d_model=spec.d_model, d_ff=spec.d_ff, d_kv=spec.d_kv,
+                    num_layers=spec.num_layers, num_decoder_layers=spec.num_decoder_layers,
+                    num_heads=spec.num_heads, feed_forward_proj="gated-gelu", dropout_rate=0.1,
+                    tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
 def build_model(spec: TinySpec, vocab_size: int):
     """A randomly initialised T5 with an untied LM head, as Flan-T5 has."""
-    from transformers import T5Config, T5ForConditionalGeneration
+    from transformers import T5ForConditionalGeneration
 
-    config = T5Config(vocab_size=vocab_size, d_model=spec.d_model, d_ff=spec.d_ff, d_kv=spec.d_kv,
-                      num_layers=spec.num_layers, num_decoder_layers=spec.num_decoder_layers,
-                      num_heads=spec.num_heads, feed_forward_proj="gated-gelu", dropout_rate=0.1,
-                      tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    config = model_config(spec, vocab_size)
     torch.manual_seed(spec.seed)
     model = T5ForConditionalGeneration(config)
     # transformers 5.x ties T5's head to the embeddings whatever the config says; Flan-T5 is untied.

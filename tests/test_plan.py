@@ -109,3 +109,52 @@ def test_a_deep_models_training_steps_are_planned_from_shallow_copies_to_the_byt
             def measure(layers):
                 return step(plan.Shape(layers, torch.bfloat16, "cuda"))
             assert plan.extrapolated(config, measure) == measure(config)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to look up or reach a host fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the network was used: {args[:2]}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_a_recipe_that_builds_its_base_plans_before_the_base_exists_as_after(tiny_model_dir, tmp_path, monkeypatch,
+                                                                            no_network):
+    """The quickstart on a fresh checkout: models/tiny-t5 is built by the first run (`make_tiny_from`). `plan`
+    knows the tiny base's config without building it or asking a hub, and plans to the byte what it plans once
+    the base is built (tiny_model_dir: the same spec, the same data)."""
+    monkeypatch.chdir(tmp_path)  # no models/tiny-t5 here
+    quickstart = REPO / "recipes" / "quickstart.yaml"
+    before = plan.plan(recipes.load(quickstart))
+    after = plan.plan(recipes.load(quickstart, [f"model.name={tiny_model_dir}"]))
+    assert [(s.stage, s.parts) for s in before] == [(s.stage, s.parts) for s in after]
+    result = CliRunner().invoke(main, ["plan", str(quickstart)])
+    assert result.exit_code == 0, result.output
+    assert "models/tiny-t5" in result.output and "evaluate" in result.output
+    assert not (tmp_path / "models").exists()  # planned, not built
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("nobody-here/no-such-model-xyz", "nobody-here/no-such-model-xyz: not a local folder, not in the hub cache, "
+                                      "and HF_HUB_OFFLINE is set"),
+    ("{folder}", "{folder}: not a model folder (no config.json)")])
+def test_a_base_that_is_not_there_fails_at_once_in_one_line(tmp_path, monkeypatch, name, expected):
+    """As `lorahf run` refuses it (backbone.check_folder), not after the hub client's retries; the Flan-T5 sizes
+    still plan without a hub."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    name, expected = name.format(folder=tmp_path), expected.format(folder=tmp_path)
+    start = time.monotonic()
+    with pytest.raises(LorahfError) as error:
+        plan.plan(_recipe(name))
+    assert time.monotonic() - start < 5
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value)
+    assert plan.model_config("google/flan-t5-large").d_model == 1024
