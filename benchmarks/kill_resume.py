@@ -3,6 +3,7 @@
     python benchmarks/kill_resume.py --kills 20                     # the quickstart recipe
     python benchmarks/kill_resume.py --recipe R.yaml --kills 3 --set sft.max_steps=40
     python benchmarks/kill_resume.py --recipe R.yaml --kills 20 --mode saves    # every kill inside a save
+    python benchmarks/kill_resume.py --kills 5 --mode steps     # at random steps of sft and reward
 
 1. An uninterrupted reference run (`<name>-reference`) gives the duration to spread the kills over and the
    final metrics to compare with.
@@ -12,13 +13,16 @@
    save renames, just before it or just after it (`--mode mixed`: alternately); then it is started again;
    after --kills kills it runs to the end. A random moment falls inside a save only by chance; `saves`
    aims there, including the moment a replaced folder has been moved aside and its new version is not yet
-   in place (the next run puts the old version back: `RunFolder.finish_interrupted_saves`).
+   in place (the next run puts the old version back: `RunFolder.finish_interrupted_saves`). With `--mode
+   steps`, each kill comes just after a random optimizer step of sft or reward (drawn from the reference's
+   steps, in order), and the next start must resume that stage from its last checkpoint (its first step is
+   the checkpoint's + 1), not start it over.
 3. Checks: the run completed (every stage's marker done); `lorahf.runs.verify` finds nothing (every JSON,
    JSONL, YAML and safetensors file parses, adapters have their config, no temporary file is left,
    metrics.jsonl logs each step once); each stage logged the same steps as the reference; the final metrics
-   equal the reference's within --tolerance (SFT and reward restart from their first step and are
-   deterministic on the CPU; PPO resumes from its last checkpoint with the RNG reseeded per iteration, so
-   it ends bit-identical; evaluation reruns; wall times and peak memory are not compared).
+   equal the reference's within --tolerance (SFT, reward and PPO resume from their last checkpoint, which
+   holds the random state, so they end bit-identical on the CPU; evaluation reruns; wall times and peak memory
+   are not compared).
 
 Prints one JSON line: kills made (and in which stage each landed), restarts, and every problem found.
 """
@@ -57,6 +61,60 @@ def stage_running(run_dir: Path, stages: list[str]) -> str:
         if not (run_dir / "stages" / f"{stage}.json").is_file():
             return stage
     return "end"
+
+
+TRAINING_STAGES = ("sft", "reward")  # the stages whose steps --mode steps kills at (lorahf.training.train_adapter)
+
+
+def kill_steps(recipe, reference: Path, kills: int, rng: random.Random) -> list[tuple[str, int]]:
+    """`kills` distinct (stage, step) points among the steps the reference took in sft and reward after the
+    stage's first checkpoint, the stages taking turns (so 2 kills land one in each), in the order a run meets them."""
+    stages = recipe.stages
+    steps = {stage: json.loads((reference / "stages" / f"{stage}.json").read_text())["metrics"]["steps"]
+             for stage in stages if stage in TRAINING_STAGES}
+    share = {stage: len(range(i, kills, len(steps))) for i, stage in enumerate(steps)}
+    chosen = [(stage, step) for stage in steps
+              for step in rng.sample(range(getattr(recipe, stage).checkpoint_every + 1, steps[stage]), share[stage])]
+    return sorted(chosen, key=lambda point: (stages.index(point[0]), point[1]))
+
+
+def checkpoint_step(run_dir: Path, stage: str) -> int:
+    """The step of a stage's last checkpoint (0: none)."""
+    import torch
+
+    path = run_dir / "checkpoints" / stage / "state.pt"
+    return torch.load(path, weights_only=True)["state"]["step"] if path.is_file() else 0
+
+
+def run_with_step_kills(recipe: str, name: str, sets: list[str], points: list[tuple[str, int]], cwd: Path,
+                        output_dir: Path) -> dict:
+    """Kill the run just after each of these steps, each followed by the same command; every start after a kill
+    must take up the killed stage at its last checkpoint's next step."""
+    run_dir = output_dir / name
+    steps_log = output_dir / f".{name}-steps"
+    landed, resumed, problems = [], [], []
+    expected = None  # (stage, first step) the next start must take
+    for stage, step in [*points, (None, None)]:
+        steps_log.unlink(missing_ok=True)
+        env = {"LORAHF_STEPS_LOG": str(steps_log), **({"LORAHF_KILL_AT_STEP": f"{stage}:{step}"} if stage else {})}
+        process = lorahf_run(recipe, name, sets, cwd, env=env)
+        _, stderr = process.communicate()
+        first = dict(line.split() for line in steps_log.read_text().splitlines()) if steps_log.is_file() else {}
+        if expected is not None:
+            took = int(first.get(expected[0], 0))
+            resumed.append(f"{expected[0]} {took}")
+            if took != expected[1]:
+                problems.append(f"{expected[0]} started at step {took} after the kill, not {expected[1]} "
+                                "(its last checkpoint's next step)")
+        if stage is None:
+            steps_log.unlink(missing_ok=True)
+            return {"landed": landed, "resumed_at": resumed, "problems": problems,
+                    "failed": stderr[-2000:] if process.returncode else None}
+        if process.returncode != -signal.SIGKILL:
+            return {"landed": landed, "resumed_at": resumed, "problems": problems,
+                    "failed": f"not killed at {stage} step {step} (exit {process.returncode}): {stderr[-2000:]}"}
+        landed.append(f"{stage} step {step}")
+        expected = (stage, checkpoint_step(run_dir, stage) + 1)
 
 
 def run_with_kills(recipe: str, name: str, sets: list[str], kills: int, duration: float, saves: int, seed: int,
@@ -136,8 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="a recipe override, repeatable")
     parser.add_argument("--tolerance", type=float, default=1e-6)
-    parser.add_argument("--mode", choices=("time", "saves", "mixed"), default="time",
-                        help="kill at random moments, inside random saves, or alternately")
+    parser.add_argument("--mode", choices=("time", "saves", "mixed", "steps"), default="time",
+                        help="kill at random moments, inside random saves, alternately, or at random sft/reward steps")
     parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="where relative recipe paths start")
     args = parser.parse_args(argv)
 
@@ -158,12 +216,18 @@ def main(argv: list[str] | None = None) -> dict:
     duration = time.perf_counter() - started
     saves = int(count_file.read_text())
     count_file.unlink()
-    outcome = run_with_kills(args.recipe, f"{loaded.name}-killed", args.sets, args.kills, duration, saves, args.seed,
-                             args.cwd, loaded.stages, output_dir, args.mode)
-    problems = [f"the killed run failed: {outcome['failed']}"] if outcome["failed"] else compare(
-        output_dir / f"{loaded.name}-reference", output_dir / f"{loaded.name}-killed", loaded.stages, args.tolerance)
+    if args.mode == "steps":
+        points = kill_steps(loaded, output_dir / f"{loaded.name}-reference", args.kills, random.Random(args.seed))
+        outcome = run_with_step_kills(args.recipe, f"{loaded.name}-killed", args.sets, points, args.cwd, output_dir)
+    else:
+        outcome = run_with_kills(args.recipe, f"{loaded.name}-killed", args.sets, args.kills, duration, saves,
+                                 args.seed, args.cwd, loaded.stages, output_dir, args.mode)
+    problems = [f"the killed run failed: {outcome['failed']}"] if outcome["failed"] else [*outcome.get(
+        "problems", []), *compare(output_dir / f"{loaded.name}-reference", output_dir / f"{loaded.name}-killed",
+                                  loaded.stages, args.tolerance)]
     result = {"recipe": args.recipe, "kills": len(outcome["landed"]), "landed_in": outcome["landed"],
-              "clean_runs_restarted": outcome["restarts"], "reference_seconds": round(duration, 1),
+              "resumed_at": outcome.get("resumed_at"),
+              "clean_runs_restarted": outcome.get("restarts", 0), "reference_seconds": round(duration, 1),
               "reference_save_renames": saves, "mode": args.mode,
               "problems": problems, "ok": not problems}
     print(json.dumps(result))

@@ -101,7 +101,17 @@ class OptimizerSpec(Section):
     """Batch rows of similar length together (less padding, faster steps); each epoch still sees every row."""
 
 
-class SFTStage(OptimizerSpec):
+class TrainingSpec(OptimizerSpec):
+    """What the adapter-training loop of sft and reward shares: stopping by itself, and resuming."""
+    patience: int | None = Field(3, ge=1)
+    """Stop after this many held-out checks in a row without a better adapter (`epochs` is then an upper bound);
+    null: train every epoch. The best adapter is kept either way; its step is in the stage's marker."""
+    checkpoint_every: int = Field(100, ge=1)
+    """Steps between checkpoints (adapter, head, optimizer, schedule, random state, position in the data): a
+    killed run resumes from the last with the same `lorahf run` and ends where an unbroken run ends."""
+
+
+class SFTStage(TrainingSpec):
     data: DataSpec
     """Pairs of prompt and response (columns `prompt`, `response`)."""
     batch_size: int = Field(16, ge=1)
@@ -111,12 +121,12 @@ class SFTStage(OptimizerSpec):
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimizer steps, whatever `epochs` says."""
     eval_every: int = Field(100, ge=1)
-    """Held-out loss every N steps; the best adapter by held-out loss is the one kept."""
+    """Held-out loss every N steps; the best adapter by held-out loss is the one kept (and `patience` counts these checks)."""
     eval_samples: int = Field(16, ge=0)
     """Held-out prompts generated greedily at each evaluation, for ROUGE-L and samples/sft.jsonl."""
 
 
-class RewardStage(OptimizerSpec):
+class RewardStage(TrainingSpec):
     data: DataSpec
     """Preferences: (prompt, chosen, rejected), (prompt, responses, ranking) or (prompt, response, score)."""
     batch_size: int = Field(16, ge=1)

@@ -1,14 +1,20 @@
-"""Loop helpers every training stage shares: steps over epochs, the optimizer, a guarded update.
+"""The loop every adapter-training stage shares, and its helpers.
 
-The stage-specific parts (what a batch is, what the loss is) stay visible in each stage file.
+    state = train_adapter("sft", spec, recipe, backbone, folder, progress, rows=len(train),
+                          loss=lambda indices: ..., check=lambda step: {"loss": ...}, criterion="loss")
+
+`train_adapter` steps over epochs, checks the held-out data every `eval_every` steps and keeps the best
+adapter, stops by itself after `patience` checks without a new best, and every `checkpoint_every` steps
+writes a checkpoint that the same `lorahf run` resumes from. The stage-specific parts (what a batch is,
+what the loss is, what the held-out check measures) stay visible in each stage file.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -16,6 +22,144 @@ import torch
 from lorahf import distributed
 from lorahf.data import batches
 from lorahf.errors import LorahfError
+from lorahf.runs import atomic_path
+
+LOG_EVERY = 10  # steps between lines in metrics.jsonl
+CHECKPOINT_STATE = "state.pt"
+
+
+@dataclass
+class LoopState:
+    """Where an adapter-training loop stands: what a checkpoint holds besides the adapter, the optimizer,
+    the learning-rate schedule and the random state."""
+
+    step: int = 0  # optimizer steps done
+    start: dict = field(default_factory=dict)  # the held-out check before the first step
+    best: dict = field(default_factory=dict)  # the held-out check of the kept adapter
+    best_step: int = 0
+    checks_since_best: int = 0  # held-out checks in a row without a new best (patience)
+    stopped_early: bool = False
+    finished: bool = False  # the loop is over; what is left is the stage's own work on the best adapter
+    losses: list = field(default_factory=list)  # the training loss of every step
+
+
+def train_adapter(stage: str, spec, recipe, backbone, folder, progress, *, rows: int, lengths: list[int] | None,
+                  loss: Callable[[list[int]], tuple[torch.Tensor, int]], check: Callable[[int], dict],
+                  criterion: str, maximize: bool = False) -> LoopState:
+    """Train the adapter named `stage` (already added, trainable and in use) and leave the best one in use.
+
+    `loss(indices)` -> (the loss of these rows, their tokens); `check(step)` -> the held-out numbers (logged
+    as eval_*), of which `criterion` picks the best adapter (lower is better unless `maximize`). The best
+    adapter is written to the run folder at once, so a kill never loses it."""
+    role = stage
+    stage_hash = recipe.stage_hash(stage)
+    saved = read_checkpoint(stage, backbone, folder, stage_hash, progress)  # its adapter is loaded, if any
+    parameters = backbone.parameters(role)
+    steps = step_plan(rows, spec.batch_size, spec.epochs, spec.max_steps)
+    optimizer, scheduler = make_optimizer(parameters, spec, steps)
+    state = resume(saved, optimizer, scheduler, folder, stage)
+
+    def better(found: dict) -> bool:
+        return found[criterion] > state.best[criterion] if maximize else found[criterion] < state.best[criterion]
+
+    if state.step == 0 and not state.finished:
+        state.start = state.best = _checked(check, folder, stage, 0)
+        backbone.save_adapter(role, folder.adapter_dir(role))
+    throughput = Throughput()
+    tokens_per_s = 0.0
+    with progress.task(stage, total=steps) as bar:
+        bar.advance(state.step)
+        for step, indices in index_batches(rows, spec.batch_size, steps, recipe.seed, lengths):
+            if state.finished:
+                break
+            if step <= state.step:
+                continue  # done before the checkpoint this run resumed from
+            backbone.model.train()
+            step_loss, tokens = loss(distributed.share(indices))  # this process's rows (all of them in one)
+            update(step_loss, optimizer, scheduler, parameters, spec.max_grad_norm, stage, step)
+            state.step = step
+            state.losses.append(distributed.total(step_loss.detach()).item())
+            throughput.add(tokens)
+            if step % spec.eval_every == 0 or step == steps:
+                found = _checked(check, folder, stage, step)
+                if better(found):
+                    state.best, state.best_step, state.checks_since_best = found, step, 0
+                    backbone.save_adapter(role, folder.adapter_dir(role))
+                else:
+                    state.checks_since_best += 1
+                    state.stopped_early = spec.patience is not None and state.checks_since_best >= spec.patience
+            state.finished = state.stopped_early or step == steps
+            if step % LOG_EVERY == 0 or state.finished:
+                tokens_per_s = throughput.per_second()
+                folder.log_metrics(stage, step, {"loss": mean(state.losses[-LOG_EVERY:]),
+                                                 "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s})
+            if state.finished or step % spec.checkpoint_every == 0:
+                save_checkpoint(stage, backbone, folder, state, optimizer, scheduler, stage_hash)
+            bar.advance(loss=state.losses[-1], best=state.best[criterion], tok_s=round(tokens_per_s))
+    if state.stopped_early:
+        progress.note(f"{stage}: stopped at step {state.step} of {steps}: no better held-out {criterion} in "
+                      f"{spec.patience} checks (best at step {state.best_step})")
+    backbone.load_adapter(role, folder.adapter_dir(role))
+    backbone.set_trainable()
+    backbone.use(role)
+    return state
+
+
+def _checked(check: Callable[[int], dict], folder, stage: str, step: int) -> dict:
+    found = check(step)
+    folder.log_metrics(stage, step, {f"eval_{k}": v for k, v in found.items()})
+    return found
+
+
+def save_checkpoint(stage: str, backbone, folder, state: LoopState, optimizer, scheduler, stage_hash: str) -> None:
+    """The adapter being trained (and its head), the optimizer, the schedule, the random state and the loop's
+    state, in one atomic folder (written by the first process; every process calls this)."""
+    if not distributed.is_main():
+        distributed.barrier()
+        return
+    try:
+        with atomic_path(folder.checkpoint_dir(stage)) as temp:
+            temp.mkdir()
+            backbone.write_adapter(stage, temp / stage)
+            torch.save({"stage_hash": stage_hash, "state": asdict(state), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                       temp / CHECKPOINT_STATE)
+    finally:
+        distributed.barrier()
+
+
+def read_checkpoint(stage: str, backbone, folder, stage_hash: str, progress) -> dict | None:
+    """The last checkpoint of this same stage (same hash), its adapter loaded in place of the fresh one (and in
+    use, trainable); None when there is none."""
+    path = folder.checkpoint_dir(stage)
+    if not (path / CHECKPOINT_STATE).is_file():
+        return None
+    saved = torch.load(path / CHECKPOINT_STATE, weights_only=True)
+    if saved["stage_hash"] != stage_hash:
+        progress.note(f"[yellow]{stage}: the checkpoint was made with another recipe; starting over[/yellow]")
+        folder.drop_metrics(stage)
+        return None
+    backbone.load_adapter(stage, path / stage)
+    backbone.set_trainable(stage)
+    backbone.use(stage)
+    progress.note(f"{stage}: resuming after step {saved['state']['step']} from {path}")
+    return saved
+
+
+def resume(saved: dict | None, optimizer, scheduler, folder, stage: str) -> LoopState:
+    """The loop state of a checkpoint, with its optimizer, schedule and random state restored; a fresh state
+    without one."""
+    if saved is None:
+        return LoopState()
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    if saved["cuda_rng"]:
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    state = LoopState(**saved["state"])
+    folder.drop_metrics(stage, after_step=state.step)  # the steps after it run (and log) again
+    return state
 
 
 def step_plan(rows: int, batch_size: int, epochs: float, max_steps: int | None) -> int:

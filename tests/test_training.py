@@ -64,3 +64,89 @@ def test_update_refuses_an_infinite_gradient_and_leaves_weights_alone():
     with pytest.raises(LorahfError, match="sft: the gradient norm is inf at step 3"):
         update((weight * 2).sum(), optimizer, scheduler, [weight], 1.0, "sft", step=3)
     assert torch.equal(weight.detach(), torch.ones(3)) and weight.grad is None
+
+
+class _OneWeight:
+    """A stand-in for the Backbone with one trainable weight: what train_adapter asks of it, nothing more."""
+
+    def __init__(self):
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.model = torch.nn.Module()
+        self.loaded_from = []
+
+    def parameters(self, role):
+        return [self.weight]
+
+    def write_adapter(self, role, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.weight.detach().clone(), folder / "w.pt")
+
+    save_adapter = write_adapter
+
+    def load_adapter(self, role, folder):
+        self.loaded_from.append(folder)
+        self.weight = torch.nn.Parameter(torch.load(folder / "w.pt"))
+
+    def set_trainable(self, *roles):
+        pass
+
+    def use(self, role):
+        return self
+
+
+def _loop(tmp_path, scripted: list[float], patience=3, checkpoint_every=100, max_steps=20, stop_at=None):
+    """train_adapter on the stand-in: the loss pulls the weight up by a noisy step, each held-out check returns the
+    next scripted number (lower is better); `stop_at` raises inside that step's update, as a kill would."""
+    from types import SimpleNamespace
+
+    from lorahf import training
+    from lorahf.progress import RecordingProgress
+    from lorahf.recipe import SFTStage
+    from lorahf.runs import RunFolder
+
+    spec = SFTStage(data={"files": ["unused.jsonl"]}, batch_size=2, max_steps=max_steps, eval_every=2,
+                    patience=patience, checkpoint_every=checkpoint_every, learning_rate=0.1, lr_schedule="linear")
+    recipe = SimpleNamespace(seed=0, stage_hash=lambda stage: "hash")
+    backbone, folder, progress = _OneWeight(), RunFolder(tmp_path / "run"), RecordingProgress()
+    checks = iter(scripted)
+
+    def loss(indices):
+        if stop_at is not None and training_step[0] + 1 == stop_at:
+            raise KeyboardInterrupt
+        training_step[0] += 1
+        noise = torch.rand(())  # the random state a checkpoint must carry
+        return (backbone.weight - 1 - noise) ** 2, len(indices)
+
+    training_step = [0]
+    torch.manual_seed(0)  # as a stage seeds before it adds its adapter
+    state = training.train_adapter("sft", spec, recipe, backbone, folder, progress, rows=40, lengths=None,
+                                   loss=loss, check=lambda step: {"loss": next(checks)}, criterion="loss")
+    return state, backbone, folder, progress
+
+
+def test_the_loop_stops_after_patience_checks_without_a_better_one_and_keeps_the_best(tmp_path):
+    # checks at steps 0, 2, 4, ...: best at step 4, then three worse ones -> stop at step 10 of 20
+    state, backbone, folder, progress = _loop(tmp_path, [5.0, 4.0, 3.0, 3.5, 3.2, 3.1, 9.0])
+    assert (state.step, state.best_step, state.best["loss"], state.stopped_early) == (10, 4, 3.0, True)
+    assert state.start == {"loss": 5.0} and len(state.losses) == 10
+    assert torch.equal(backbone.weight.detach(), torch.load(folder.adapter_dir("sft") / "w.pt"))  # the best, reloaded
+    assert any("stopped at step 10 of 20" in note for note in progress.notes)
+    logged = [row["step"] for row in folder.read_metrics("sft") if "eval_loss" in row]
+    assert logged == [0, 2, 4, 6, 8, 10]
+
+    state, *_ = _loop(tmp_path / "patient", [5.0, 4.0, 3.0, 3.5, 3.2, 3.1] + [3.05] * 5, patience=None)
+    assert (state.step, state.stopped_early) == (20, False)
+
+
+def test_a_loop_stopped_mid_way_resumes_from_its_checkpoint_and_ends_as_an_unbroken_one(tmp_path):
+    scripted = [5.0, 4.0, 3.0, 2.5, 2.6, 2.0, 2.1, 2.2, 2.3, 1.9, 1.8]
+    unbroken, whole, _, _ = _loop(tmp_path / "whole", scripted, checkpoint_every=3)
+    with pytest.raises(KeyboardInterrupt):
+        _loop(tmp_path / "cut", scripted, checkpoint_every=3, stop_at=14)
+    # the second start sees the checks the first did not reach: those after the checkpoint at step 12
+    resumed, again, folder, progress = _loop(tmp_path / "cut", scripted[7:], checkpoint_every=3)
+    assert any("resuming after step 12" in note for note in progress.notes)
+    assert (unbroken.step, unbroken.best_step, unbroken.stopped_early) == (16, 10, True)  # patience: 3 checks
+    assert resumed.losses == unbroken.losses and resumed.best == unbroken.best and resumed.step == 16
+    assert resumed.best_step == unbroken.best_step and torch.equal(again.weight, whole.weight)
+    assert [row["step"] for row in folder.read_metrics("sft") if "loss" in row] == [10, 16]  # each step logged once

@@ -10,7 +10,8 @@ response's last (EOS) position. The loss follows the data's shape:
 
     1. load preferences (held-out split), group each prompt's responses and their ordered pairs
     2. the `reward` adapter starts as a copy of `sft` (the standard choice) with a fresh head
-    3. loop; every `eval_every` steps the held-out accuracy; the best adapter is saved
+    3. loop (training.train_adapter); every `eval_every` steps the held-out accuracy; the best adapter is
+       kept, the loop stops after `patience` checks without a better one, and resumes from its last checkpoint
     4. centre: set the head's offset so that the SFT data's own responses score 0 on average; samples/reward.jsonl
        keeps every held-out pair's margin
     5. the quality gate: held-out accuracy against `min_accuracy`
@@ -27,11 +28,9 @@ import torch.nn.functional as F
 
 from lorahf import distributed
 from lorahf.data import collate, encode_prompts, encode_responses, preference_format
-from lorahf.training import (ensure_adapter, index_batches, load_stage_data, make_optimizer, mean, step_plan,
-                             update)
+from lorahf.training import ensure_adapter, load_stage_data, train_adapter
 
 ROLE = "reward"
-LOG_EVERY = 10
 CENTRING_ROWS = 512  # SFT responses scored to centre the reward
 SCORE_BATCH = 64
 
@@ -72,43 +71,24 @@ def run(recipe, backbone, folder, progress) -> dict:
         backbone.add_adapter(ROLE, recipe.lora.reward, head=True, likelihood=spec.likelihood_term)
     backbone.set_trainable(ROLE)
     backbone.use(ROLE)
-    parameters = backbone.parameters(ROLE)
-    steps = step_plan(len(train), spec.batch_size, spec.epochs, spec.max_steps)
-    optimizer, scheduler = make_optimizer(parameters, spec, steps)
 
-    # 3. Loop
-    best = evaluate(backbone, held_out, spec.batch_size)
-    best["step"] = 0
-    backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
-    losses: list[float] = []
-    with progress.task("reward", total=steps) as bar:
-        lengths = ([len(p) + 2 * max(map(len, rs)) for p, rs in zip(train.prompts, train.responses)]
-                   if spec.group_by_length else None)
-        for step, indices in index_batches(len(train), spec.batch_size, steps, recipe.seed, lengths):
-            indices = distributed.share(indices)  # this process's groups (all of them in one process)
-            backbone.model.train()
-            scores = score_responses(backbone, train, indices)
-            loss = group_loss(scores, [train.pairs[i] for i in indices], spec.margin,
-                              [train.targets[i] for i in indices] if train.targets else None)
-            loss = distributed.share_of_mean(loss, sum(len(train.targets[i]) for i in indices) if train.targets
-                                             else len(indices))  # the mean is over responses, or over groups
-            update(loss, optimizer, scheduler, parameters, spec.max_grad_norm, "reward", step)
-            losses.append(distributed.total(loss.detach()).item())
-            if step % LOG_EVERY == 0 or step == steps:
-                folder.log_metrics("reward", step, {"loss": mean(losses[-LOG_EVERY:]),
-                                                    "lr": scheduler.get_last_lr()[0]})
-            if step % spec.eval_every == 0 or step == steps:
-                evaluation = evaluate(backbone, held_out, spec.batch_size)
-                folder.log_metrics("reward", step, {f"eval_{k}": v for k, v in evaluation.items()})
-                if evaluation["accuracy"] > best["accuracy"]:
-                    best = {**evaluation, "step": step}
-                    backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
-            bar.advance(loss=losses[-1], best_accuracy=best["accuracy"])
+    # 3. Loop: held-out accuracy picks the adapter kept (and stops the loop when it no longer rises)
+    def loss(indices: list[int]) -> tuple[torch.Tensor, int]:
+        scores = score_responses(backbone, train, indices)
+        loss = group_loss(scores, [train.pairs[i] for i in indices], spec.margin,
+                          [train.targets[i] for i in indices] if train.targets else None)
+        loss = distributed.share_of_mean(loss, sum(len(train.targets[i]) for i in indices) if train.targets
+                                         else len(indices))  # the mean is over responses, or over groups
+        return loss, sum(len(train.prompts[i]) + len(r) for i in indices for r in train.responses[i])
+
+    lengths = ([len(p) + 2 * max(map(len, rs)) for p, rs in zip(train.prompts, train.responses)]
+               if spec.group_by_length else None)
+    state = train_adapter(ROLE, spec, recipe, backbone, folder, progress, rows=len(train), lengths=lengths, loss=loss,
+                          check=lambda step: evaluate(backbone, held_out, spec.batch_size), criterion="accuracy",
+                          maximize=True)
+    best, losses = state.best, state.losses
 
     # 4. Centre the best adapter on the SFT data's own responses
-    backbone.load_adapter(ROLE, folder.adapter_dir(ROLE))
-    backbone.set_trainable()
-    backbone.use(ROLE)
     offset = centre(backbone, sft_responses(recipe, backbone.tokenizer, train))
     backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
 
@@ -119,8 +99,9 @@ def run(recipe, backbone, folder, progress) -> dict:
     progress.note(f"reward: held-out accuracy {best['accuracy']:.3f} on {best['pairs']} pairs "
                   f"(gate {gate} at {spec.min_accuracy}); scores centred by {offset:+.3f}")
     metrics = {"format": data_format, "eval_accuracy": best["accuracy"], "eval_pairs": best["pairs"],
-               "eval_margin": best["margin"], "best_step": best["step"], "gate": gate,
-               "min_accuracy": spec.min_accuracy, "offset": offset, "steps": steps,
+               "eval_margin": best["margin"], "best_step": state.best_step, "gate": gate,
+               "min_accuracy": spec.min_accuracy, "offset": offset, "steps": state.step,
+               "stopped_early": state.stopped_early,
                "train_loss_first": losses[0], "train_loss_last": losses[-1]}
     metrics.update({k: best[k] for k in ("pearson", "spearman") if k in best})
     return metrics

@@ -5,9 +5,11 @@ completion into one sequence), so this is a plain PyTorch loop over the shared B
 
     1. load and tokenize (prompt, response) pairs; hold out a split
     2. add the `sft` adapter; only it trains
-    3. loop: masked cross-entropy on response tokens; every `eval_every` steps the held-out loss and
-       ROUGE-L of a few greedy samples; the adapter with the best held-out loss is saved
-    4. reload the best adapter; score its held-out answers (and the untrained model's) with the judges
+    3. loop (training.train_adapter): masked cross-entropy on response tokens; every `eval_every` steps the
+       held-out loss and ROUGE-L of a few greedy samples; the adapter with the best held-out loss is kept, the
+       loop stops after `patience` checks without a better one, and resumes from its last checkpoint
+    4. the best adapter's greedy answers to held-out prompts beside their references and the untrained model's
+       answers: ROUGE-L against the references, each judge's score of all three
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ from lorahf.backbone import respond
 from lorahf.data import collate, encode_pairs
 from lorahf.judge import scoring_judges
 from lorahf.metrics import rouge_l, win_rate
-from lorahf.training import (Throughput, index_batches, load_stage_data, make_optimizer, mean, sequence_logprobs,
-                             step_plan, update)
+from lorahf.training import LOG_EVERY, load_stage_data, mean, sequence_logprobs, train_adapter
 
 ROLE = "sft"
-LOG_EVERY = 10  # steps between lines in metrics.jsonl
 FINAL_EVAL_PROMPTS = 200  # held-out prompts answered at the end for the judges
 
 
@@ -44,48 +44,31 @@ def run(recipe, backbone, folder, progress) -> dict:
     backbone.add_adapter(ROLE, recipe.lora.sft)
     backbone.set_trainable(ROLE)
     backbone.use(ROLE)
-    parameters = backbone.parameters(ROLE)
-    steps = step_plan(len(train_rows), spec.batch_size, spec.epochs, spec.max_steps)
-    optimizer, scheduler = make_optimizer(parameters, spec, steps)
 
-    # 3. Loop
-    untrained = evaluate(backbone, held_out, eval_rows, spec, recipe)
-    best = untrained["eval_loss"]
-    backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
-    losses: list[float] = []
-    throughput = Throughput()
-    tokens_per_s = 0.0
-    with progress.task("sft", total=steps) as bar:
-        lengths = [len(p) + 2 * len(r) for p, r in zip(train[0], train[1])] if spec.group_by_length else None
-        for step, indices in index_batches(len(train_rows), spec.batch_size, steps, recipe.seed, lengths):
-            indices = distributed.share(indices)  # this process's rows (all of them in one process)
-            batch = collate([train[0][i] for i in indices], [train[1][i] for i in indices],
-                            tokenizer.pad_token_id).to(backbone.device)
-            backbone.model.train()
-            loss = response_loss(backbone, batch, distributed.total(batch.response_mask.sum()))
-            update(loss, optimizer, scheduler, parameters, spec.max_grad_norm, "sft", step)
-            losses.append(distributed.total(loss.detach()).item())
-            throughput.add(int(batch.attention_mask.sum() + batch.response_mask.sum()))
-            if step % LOG_EVERY == 0 or step == steps:
-                tokens_per_s = throughput.per_second()
-                folder.log_metrics("sft", step, {"loss": mean(losses[-LOG_EVERY:]),
-                                                 "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s})
-            if step % spec.eval_every == 0 or step == steps:
-                evaluation = evaluate(backbone, held_out, eval_rows, spec, recipe)
-                folder.log_metrics("sft", step, {"eval_loss": evaluation["eval_loss"],
-                                                 "eval_rougeL": evaluation["rougeL"]})
-                if evaluation["eval_loss"] < best:
-                    best = evaluation["eval_loss"]
-                    backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
-                folder.write_samples("sft", evaluation["samples"])
-            bar.advance(loss=losses[-1], best_eval=best, tok_s=round(tokens_per_s))
+    # 3. Loop: the held-out loss picks the adapter kept (and stops the loop when it no longer falls)
+    def loss(indices: list[int]) -> tuple[torch.Tensor, int]:
+        batch = collate([train[0][i] for i in indices], [train[1][i] for i in indices],
+                        tokenizer.pad_token_id).to(backbone.device)
+        tokens = int(batch.attention_mask.sum() + batch.response_mask.sum())
+        return response_loss(backbone, batch, distributed.total(batch.response_mask.sum())), tokens
+
+    def check(step: int) -> dict:
+        found = evaluate(backbone, held_out, eval_rows, spec, recipe)
+        if step:
+            folder.write_samples(ROLE, found.pop("samples"))
+        return {"loss": found["eval_loss"], "rougeL": found["rougeL"]}
+
+    lengths = [len(p) + 2 * len(r) for p, r in zip(train[0], train[1])] if spec.group_by_length else None
+    state = train_adapter(ROLE, spec, recipe, backbone, folder, progress, rows=len(train_rows), lengths=lengths,
+                          loss=loss, check=check, criterion="loss")
 
     # 4. The best adapter, judged
-    backbone.load_adapter(ROLE, folder.adapter_dir(ROLE))
-    backbone.set_trainable()
+    losses = state.losses
     metrics = {"train_loss_first": mean(losses[:LOG_EVERY]), "train_loss_last": mean(losses[-LOG_EVERY:]),
-               "eval_loss": best, "eval_loss_untrained": untrained["eval_loss"], "steps": steps}
-    metrics.update(judge_against_base(backbone, held_out[0], eval_rows["prompt"], recipe, progress))
+               "eval_loss": state.best["loss"], "eval_loss_untrained": state.start["loss"], "steps": state.step,
+               "best_step": state.best_step, "stopped_early": state.stopped_early}
+    metrics.update(compare_with_references(backbone, held_out[0], eval_rows["prompt"], eval_rows["response"], recipe,
+                                           progress))
     return metrics
 
 
@@ -118,21 +101,26 @@ def evaluate(backbone, held_out, eval_rows, spec, recipe) -> dict:
             "samples": samples}
 
 
-def judge_against_base(backbone, prompt_ids, prompts, recipe, progress) -> dict:
-    """Each judge's mean score of the SFT answers vs the untrained model's, and SFT's win rate."""
-    judges = list(scoring_judges(recipe).values())
-    if not judges:
-        return {}
-    prompt_ids, prompts = prompt_ids[:FINAL_EVAL_PROMPTS], list(prompts[:FINAL_EVAL_PROMPTS])
+def compare_with_references(backbone, prompt_ids, prompts, references, recipe, progress) -> dict:
+    """How far the SFT answers to held-out prompts are from their references, beside the untrained model's
+    answers: ROUGE-L against the references, and each judge's mean score of the SFT answers, the untrained
+    model's and the references themselves (with SFT's win rate over the untrained model)."""
+    shown = min(FINAL_EVAL_PROMPTS, len(prompt_ids))
+    prompt_ids, prompts, references = prompt_ids[:shown], list(prompts[:shown]), list(references[:shown])
     answers = {role: respond(backbone.use(role), prompt_ids, recipe.max_response_tokens) for role in (ROLE, None)}
     backbone.use(ROLE)
-    metrics = {}
-    for judge in judges:
+    metrics = {"rouge_l": rouge_l(answers[ROLE], references), "rouge_l_untrained": rouge_l(answers[None], references),
+               "reference_prompts": shown}
+    progress.note(f"sft: ROUGE-L against the held-out references {metrics['rouge_l']:.3f} "
+                  f"(untrained {metrics['rouge_l_untrained']:.3f}) on {shown} prompts")
+    for judge in scoring_judges(recipe).values():
         tuned = judge.score(prompts, answers[ROLE])
         base = judge.score(prompts, answers[None])
         wins = win_rate(tuned, base)
         metrics.update({f"{judge.name}_score": mean(tuned), f"{judge.name}_score_untrained": mean(base),
+                        f"{judge.name}_score_references": mean(judge.score(prompts, references)),
                         f"{judge.name}_win_rate_vs_untrained": wins["win_rate"]})
-        progress.note(f"sft: {judge.name} judge {mean(tuned):.2f} vs untrained {mean(base):.2f}, "
-                      f"win rate {wins['win_rate']:.2f} [{wins['low']:.2f}, {wins['high']:.2f}] on {wins['n']} prompts")
+        progress.note(f"sft: {judge.name} judge {mean(tuned):.2f} vs untrained {mean(base):.2f} (references "
+                      f"{metrics[judge.name + '_score_references']:.2f}), win rate {wins['win_rate']:.2f} "
+                      f"[{wins['low']:.2f}, {wins['high']:.2f}] on {wins['n']} prompts")
     return metrics
