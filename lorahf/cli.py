@@ -409,7 +409,8 @@ def _summary_table(result) -> Table:
     for check in checks(result.metrics):
         mark = "-" if check.passed is None else "[green]✓[/green]" if check.passed else "[red]✗[/red]"
         status = " (done before)" if check.stage in result.skipped else ""
-        table.add_row(check.stage + status, mark, check.claim, check.evidence)
+        hint = f"\n[dim]{escape(check.hint)}[/dim]" if check.passed is False and check.hint else ""
+        table.add_row(check.stage + status, mark, check.claim, escape(check.evidence) + hint)
     memory = result.memory
     if memory and len(memory["adapter_bytes"]) > 1:
         roles = ", ".join(f"{r} {describe_bytes(b)}" for r, b in memory["adapter_bytes"].items())

@@ -20,6 +20,13 @@ class Check:
     claim: str  # what should hold, in words
     evidence: str  # the numbers
     passed: bool | None  # None: informational
+    hint: str = ""  # what to do when it does not hold
+
+
+CLOSE_TO_REFERENCES = 0.5
+"""The share of the gap between the untrained model's judged score and the references' that SFT must close."""
+FAR_FROM_REFERENCES = ("train longer (raise sft.epochs or sft.patience), raise sft.learning_rate, or let "
+                       "`lorahf init FILES --base BASE` pick settings for this base")
 
 
 def checks(metrics: dict[str, dict]) -> list[Check]:
@@ -33,11 +40,18 @@ def checks(metrics: dict[str, dict]) -> list[Check]:
         found.append(Check("sft", "held-out loss fell below the untrained model's",
                            f"{sft['eval_loss_untrained']:.3f} -> {sft['eval_loss']:.3f}",
                            sft["eval_loss"] < sft["eval_loss_untrained"]))
+        if "rouge_l" in sft:
+            found.append(Check("sft", "answers overlap the held-out references more than the untrained model's",
+                               f"ROUGE-L {sft['rouge_l']:.3f} vs {sft['rouge_l_untrained']:.3f} on "
+                               f"{sft['reference_prompts']} prompts", sft["rouge_l"] > sft["rouge_l_untrained"],
+                               FAR_FROM_REFERENCES))
         for judge in _judges(sft, suffix="_win_rate_vs_untrained"):
             found.append(Check("sft", f"the {judge} judge prefers SFT answers to the untrained model's",
                                f"score {sft[judge + '_score']:.2f} vs {sft[judge + '_score_untrained']:.2f}, "
                                f"win rate {sft[judge + '_win_rate_vs_untrained']:.2f}",
-                               sft[judge + "_win_rate_vs_untrained"] > 0.5))
+                               sft[judge + "_win_rate_vs_untrained"] > 0.5, FAR_FROM_REFERENCES))
+            if judge + "_score_references" in sft:
+                found.append(_near_references(judge, sft))
     reward = metrics.get("reward")
     if reward:
         found.append(Check("reward", "beats chance on held-out preferences",
@@ -72,6 +86,19 @@ def checks(metrics: dict[str, dict]) -> list[Check]:
     return found
 
 
+def _near_references(judge: str, sft: dict) -> Check:
+    """SFT's judged score must close at least CLOSE_TO_REFERENCES of the gap from the untrained model's score to
+    the references' (no verdict where the judge does not score the references above the untrained model)."""
+    tuned, untrained, references = (sft[f"{judge}_score{suffix}"] for suffix in ("", "_untrained", "_references"))
+    gap = references - untrained
+    closed = (tuned - untrained) / gap if gap > 0 else None
+    evidence = (f"score {tuned:.2f}, references {references:.2f}, untrained {untrained:.2f}"
+                + (f": {closed:.0%} of the gap closed (at least {CLOSE_TO_REFERENCES:.0%} needed)"
+                   if closed is not None else ": the judge does not prefer the references"))
+    return Check("sft", f"the {judge} judge scores SFT answers close to the held-out references", evidence,
+                 None if closed is None else closed >= CLOSE_TO_REFERENCES, FAR_FROM_REFERENCES)
+
+
 def win_rates(evaluate: dict) -> list[tuple[str, str, float, tuple[float, float]]]:
     """(judge, challenger, win rate, 95 % interval) of every comparison an evaluate marker holds."""
     found = []
@@ -102,9 +129,13 @@ def write_report(folder) -> Path:
              "What each stage was meant to achieve, and the evidence. ✓ held, ✗ did not, - no verdict "
              "(e.g. a win rate whose 95 % interval contains 0.5).", "",
              "| stage | | check | evidence |", "|---|---|---|---|"]
-    for check in checks(metrics):
+    found = checks(metrics)
+    for check in found:
         mark = "-" if check.passed is None else "✓" if check.passed else "✗"
         lines.append(f"| {check.stage} | {mark} | {check.claim} | {check.evidence} |")
+    hints = dict.fromkeys(f"- {check.stage}: {check.hint}" for check in found if check.passed is False and check.hint)
+    if hints:
+        lines += ["", "What to do about each ✗:", "", *hints]
     for stage in STAGE_ORDER:
         if stage in metrics:
             lines += ["", f"## {stage}", ""] + SECTIONS[stage](metrics[stage])
