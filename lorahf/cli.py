@@ -84,7 +84,8 @@ def main(debug: bool) -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--base", default="google/flan-t5-base", show_default=True,
-              help="The base model: a hub id or a local folder (recipes/flan-t5-*.yaml hold settings per size).")
+              help="The base model: a hub id or a local folder. The recipe's settings are chosen for it: lorahf's "
+                   "tiny T5, each Flan-T5 size, any other base by its parameter count.")
 @click.option("--out", default="recipe.yaml", show_default=True, type=click.Path(dir_okay=False),
               help="Where to write the recipe.")
 @click.option("--name", help="The run's name, i.e. its folder runs/NAME (default: the recipe file's name).")

@@ -7,10 +7,15 @@ write a commented recipe that validates.
 Guesses come from column names first (`better_summary` is a chosen response), then from the values (a
 list of numbers is a ranking, the longest text column is the prompt). A guess that names could not settle is
 marked `ambiguous`, with the other candidates, so that the command can ask, or say so.
+
+The training settings fit the base (`settings_for`): lorahf's tiny T5 gets recipes/quickstart.yaml's, a Flan-T5
+its recipes/flan-t5-SIZE.yaml's, any other base those of the Flan-T5 size nearest its parameter count; the
+recipe says which and why. Token limits are counted with the base's tokenizer where it is a local folder.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +46,6 @@ PURPOSES = {"sft": "sft: prompt -> response pairs", "pairwise": "reward: prompt,
             "ranking": "reward: prompt, responses, ranking", "score": "reward: prompt, response, score",
             "prompts": "ppo: prompts for rollouts", "held_out": "ppo and evaluate: held-out prompts"}
 
-# Per Flan-T5 size, the settings of recipes/flan-t5-*.yaml for a 12 GB card (xxl: 24 GB); other bases get base's.
-# (quantization, gradient_checkpointing, sft batch, reward batch, ppo batch, ppo minibatch)
-SIZES = {"small": ("8bit", False, 16, 8, 32, 8), "base": ("8bit", False, 8, 4, 16, 4),
-         "large": ("8bit", True, 8, 4, 16, 4), "xl": ("8bit", True, 8, 4, 16, 4), "xxl": ("4bit", True, 4, 2, 8, 2)}
-
-
 @dataclass
 class FileGuess:
     path: str
@@ -57,6 +56,7 @@ class FileGuess:
     ambiguous: dict[str, list[str]] = field(default_factory=dict)  # role -> candidate columns, when names could not tell
     shape: str = ""  # a key of PURPOSES, or "" when the file fits none
     preview: list[dict] = field(default_factory=list)  # the first rows
+    sample: list[dict] = field(default_factory=list, repr=False)  # the rows read (SAMPLE_ROWS), to count tokens in
     lengths: dict[str, float] = field(default_factory=dict)  # text column -> mean characters in the sample
 
     def choose(self, role: str, column: str) -> None:
@@ -103,7 +103,7 @@ def inspect_file(path: str) -> FileGuess:
     sample = table.select(range(min(SAMPLE_ROWS, len(table)))).to_list()
     kinds = {column: _kind([row[column] for row in sample]) for column in table.column_names}
     lengths = {column: _mean_length([row[column] for row in sample]) for column in kinds if kinds[column] == TEXT}
-    guess = FileGuess(path, len(table), table.column_names, kinds, preview=sample[:3], lengths=lengths)
+    guess = FileGuess(path, len(table), table.column_names, kinds, preview=sample[:3], sample=sample, lengths=lengths)
     _assign_roles(guess)
     settle(guess)
     if not guess.shape:
@@ -292,57 +292,247 @@ def _same_columns(guesses: list[FileGuess], roles: tuple[str, ...], unused: list
     return kept
 
 
+# ------------------------------------------------------------------------------------ settings per base
+@dataclass(frozen=True)
+class Settings:
+    """The training settings init writes for one kind of base. The defaults are those every
+    recipes/flan-t5-*.yaml shares; None leaves a field out of the recipe, so the recipe's own default applies."""
+
+    source: str  # the shipped recipe they are taken from
+    quantization: str = "8bit"
+    gradient_checkpointing: bool = False
+    sft_learning_rate: float = 3e-4
+    sft_batch_size: int = 8
+    sft_epochs: int = 2
+    reward_learning_rate: float = 1e-4
+    reward_batch_size: int = 4
+    ppo_batch_size: int = 16
+    ppo_minibatch_size: int = 4
+    lr_schedule: str | None = None  # sft's and reward's
+    reward_epochs: int | None = None
+    reward_eval_fraction: float | None = None
+    likelihood_term: bool | None = None
+    ppo_iterations: int | None = None
+    ppo_learning_rate: float | None = None  # the policy's and the value's
+    temperature: float | None = None  # ppo's and evaluate's
+    gpu_memory: str | None = "12GiB"  # the card the batch sizes were chosen to fit (None: chosen for learning)
+
+
+# lorahf's tiny T5 (`lorahf make-tiny`): recipes/quickstart.yaml's settings, measured there on the CPU
+TINY = Settings("recipes/quickstart.yaml", sft_learning_rate=1e-3, sft_batch_size=16, sft_epochs=10,
+                reward_learning_rate=1e-4, reward_batch_size=16, ppo_batch_size=32, ppo_minibatch_size=8,
+                lr_schedule="constant", reward_epochs=2, reward_eval_fraction=0.1, likelihood_term=True,
+                ppo_iterations=60, ppo_learning_rate=2e-4, temperature=1.0, gpu_memory=None)
+TINY_PARAMETERS = 10e6  # under this, a base takes the tiny settings (the tiny T5 has 1.3M, flan-t5-small 77M)
+
+# Per Flan-T5 size: its recipe's settings, its parameters as published, and its config's
+# (d_model, d_ff, layers per stack, heads)
+FLAN_T5 = {
+    "small": (Settings("recipes/flan-t5-small.yaml", sft_batch_size=16, reward_batch_size=8, ppo_batch_size=32,
+                       ppo_minibatch_size=8), 77e6, (512, 1024, 8, 6)),
+    "base": (Settings("recipes/flan-t5-base.yaml"), 248e6, (768, 2048, 12, 12)),
+    "large": (Settings("recipes/flan-t5-large.yaml", gradient_checkpointing=True), 783e6, (1024, 2816, 24, 16)),
+    "xl": (Settings("recipes/flan-t5-xl.yaml", gradient_checkpointing=True), 2.85e9, (2048, 5120, 24, 32)),
+    "xxl": (Settings("recipes/flan-t5-xxl.yaml", quantization="4bit", gradient_checkpointing=True, sft_batch_size=4,
+                     reward_batch_size=2, ppo_batch_size=8, ppo_minibatch_size=2, gpu_memory="24GiB"),
+            11.1e9, (4096, 10240, 24, 64)),
+}
+
+
+def settings_for(base: str) -> tuple[Settings, str]:
+    """The settings for `base`, and a sentence saying why they were chosen: lorahf's tiny T5 by its marker file,
+    a Flan-T5 by its hub id or its config's dimensions, any other base by its parameter count (the nearest
+    Flan-T5 size's settings; the tiny ones under TINY_PARAMETERS). A base whose config cannot be read without
+    waiting for the hub gets flan-t5-base's, and the sentence says so."""
+    from lorahf.tiny import MARKER_FILE
+
+    if (Path(base) / MARKER_FILE).is_file():
+        return TINY, (f"{TINY.source}'s, measured there on lorahf's tiny T5; {base} is one "
+                      f"(it holds {MARKER_FILE}, written by `lorahf make-tiny`)")
+    named = re.fullmatch(r"google/flan-t5-(small|base|large|xl|xxl)", base.rstrip("/"))
+    if named:
+        return FLAN_T5[named[1]][0], f"{FLAN_T5[named[1]][0].source}'s, written for {named[0]}"
+    try:
+        parameters, config = count_parameters(base)
+    except LorahfError as error:
+        fallback = FLAN_T5["base"][0]
+        return fallback, (f"flan-t5-base's ({fallback.source}), a guess: this base's size is unknown, as its "
+                          f"config could not be read ({error.message})")
+    shape = tuple(getattr(config, key, None) for key in ("d_model", "d_ff", "num_layers", "num_heads"))
+    for size, (settings, _, flan_shape) in FLAN_T5.items():
+        if shape == flan_shape:
+            return settings, f"{settings.source}'s: this base has flan-t5-{size}'s dimensions"
+    if parameters < TINY_PARAMETERS:
+        return TINY, (f"{TINY.source}'s, measured there on lorahf's tiny T5: this base is tiny-like too "
+                      f"({_count(parameters)} parameters, under {_count(TINY_PARAMETERS)})")
+    size = min(FLAN_T5, key=lambda name: abs(math.log(parameters / FLAN_T5[name][1])))
+    settings = FLAN_T5[size][0]
+    return settings, (f"those of flan-t5-{size} ({settings.source}), the nearest size to this base's "
+                      f"{_count(parameters)} parameters")
+
+
+def count_parameters(base: str):
+    """(parameters, config) of `base`, from its config alone: the model is built on the meta device, so no
+    weight is read or allocated. transformers 5 ties T5's LM head to the embeddings when it builds one, so a
+    base with an untied head (Flan-T5's) has vocab x d_model parameters more than counted here.
+    A hub id that is neither cached nor reachable fails at once (backbone's check), not after the hub's retries."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    from lorahf.backbone import _first_line, check_folder
+
+    check_folder(base)
+    try:
+        config = AutoConfig.from_pretrained(base)
+        with torch.device("meta"):
+            model = AutoModelForSeq2SeqLM.from_config(config)
+    except Exception as error:  # OSError, ValueError, or a config no seq2seq model is built from
+        raise LorahfError(f"{base}: cannot read its config ({_first_line(error)})") from None
+    return sum(parameter.numel() for parameter in model.parameters()), config
+
+
+def _count(parameters: float) -> str:
+    if parameters >= 1e9:
+        return f"{parameters / 1e9:.1f}B"
+    return f"{parameters / 1e6:.0f}M" if parameters >= 10e6 else f"{parameters / 1e6:.1f}M"
+
+
+CHECKS = 10  # held-out checks over a stage's run that eval_every aims at
+
+
+def eval_every(rows: int, eval_fraction: float, batch_size: int, epochs: float) -> int:
+    """Steps between held-out checks for about CHECKS of them over a stage's whole run (a multiple of 10 from
+    50 steps up); `rows` before the held-out split."""
+    training = rows - round(rows * eval_fraction)
+    steps = math.ceil(training / batch_size) * epochs
+    every = max(1, round(steps / CHECKS))
+    return every if every < 50 else int(round(every, -1))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
+"""A folder holds a tokenizer when it has one of these (transformers 5 makes an empty T5 tokenizer without them)."""
+
+
+def local_tokenizer(base: str):
+    """The tokenizer in `base` when it is a local folder holding one, else None."""
+    if not any((Path(base) / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(base)
+    except Exception:  # a tokenizer that cannot load: the limits are estimated instead
+        return None
+
+
+def token_limit(texts: list[str], characters: list[float], tokenizer, limit: int, what: str) -> tuple[int, str]:
+    """A token limit for `texts` and a note saying how it was found. With the base's own tokenizer: the longest
+    text counted by it (EOS included), rounded up to a multiple of 16, at most `limit`. Without one: estimated
+    from the files' mean lengths in characters (_tokens)."""
+    if tokenizer is None or not texts:
+        return _tokens(characters, limit), f"about 3x the mean {what} at 4 characters a token, at most {limit}"
+    longest = max(len(tokenizer(text).input_ids) for text in texts)
+    return (int(min(limit, max(16, -(-longest // 16) * 16))),
+            f"the longest of {len(texts)} sampled {what}s is {longest} tokens by this base's tokenizer")
+
+
 def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name: str = "my-run",
                 out: Path | None = None) -> str:
-    """A commented recipe for the files, to be saved at `out`."""
+    """A commented recipe for the files, to be saved at `out`, with settings chosen for `base` (settings_for)."""
+    from lorahf.recipe import DataSpec, RewardStage
+
     shown = out.as_posix() if out is not None else "RECIPE"
     plan = plan_stages(found)
+    settings, why = settings_for(base)
 
     def data(stage: str, note: str) -> list[str]:
         listed = [g.path for g in plan.files[stage]]  # as given: recipe paths are read from where lorahf runs
-        lines = ["  data:", f"    files: {_flow(listed)}{' ' * max(1, 42 - len(_flow(listed)) - 11)}# {note}"]
+        lines = [_line("  data:"), _line(f"    files: {_flow(listed)}", note)]
         if _renamed(plan.columns[stage]):
-            lines.append(f"    columns: {_flow(_renamed(plan.columns[stage]))}   # lorahf's column: yours")
+            lines.append(_line(f"    columns: {_flow(_renamed(plan.columns[stage]))}", "lorahf's column: yours"))
         if stage == "ppo" and plan.eval_files:
-            lines.append(f"    eval_files: {_flow([g.path for g in plan.eval_files])}   # held-out prompts")
+            lines.append(_line(f"    eval_files: {_flow([g.path for g in plan.eval_files])}", "held-out prompts"))
         return lines
 
-    size = base.rstrip("/").rsplit("-", 1)[-1]
-    quantization, checkpointing, sft_batch, reward_batch, ppo_batch, minibatch = SIZES.get(size, SIZES["base"])
-    card = "24 GB" if size == "xxl" else "12 GB"
-    prompt_tokens = _tokens([g.lengths[g.roles["prompt"]] for g in plan.files["sft"]], 512)
-    response_tokens = _tokens([g.lengths[g.roles["response"]] for g in plan.files["sft"]], 128)
+    def optional(key: str, value, note: str = "") -> list[str]:  # a setting the recipe's default may stand for
+        if isinstance(value, bool):
+            value = str(value).lower()
+        return [] if value is None else [_line(f"  {key}: {value}", note)]
+
+    sft = plan.files["sft"]
+    prompts = [row[g.roles["prompt"]] for g in sft for row in g.sample if isinstance(row.get(g.roles["prompt"]), str)]
+    responses = [row[g.roles["response"]] for g in sft for row in g.sample
+                 if isinstance(row.get(g.roles["response"]), str)]
+    tokenizer = local_tokenizer(base)
+    prompt_tokens, prompt_note = token_limit(prompts, [g.lengths[g.roles["prompt"]] for g in sft], tokenizer, 512,
+                                             "prompt")
+    response_tokens, response_note = token_limit(responses, [g.lengths[g.roles["response"]] for g in sft],
+                                                 tokenizer, 128, "response")
+    default_fraction = DataSpec.model_fields["eval_fraction"].default
+    sft_rows = sum(g.rows for g in sft)
+    sft_every = eval_every(sft_rows, default_fraction, settings.sft_batch_size, settings.sft_epochs)
     lines = [
         f"# Written by `lorahf init` from {len(found)} file(s); check the guesses marked below, then run:",
         f"#   lorahf validate {shown}    (reads every file)",
-        f"#   lorahf plan {shown} --gpu-memory 12GiB    (will it fit the card?)",
+        f"#   lorahf plan {shown} --gpu-memory {settings.gpu_memory or '12GiB'}    (will it fit the card?)",
         f"#   lorahf run {shown}",
         "# Every field not written here takes the default documented in lorahf/recipe.py (lorahf validate --explain).",
-        f"name: {name}                                 # the run folder is runs/{name}",
+        *_comment(f"Settings for this base (quantization, learning rates, batch sizes, epochs and the rest): {why}. "
+                   f"eval_every: about {CHECKS} held-out checks over each stage's run, from its number of rows."),
+        _line(f"name: {name}", f"the run folder is runs/{name}"),
         "seed: 0",
         "model:",
-        f"  name: {base}{' ' * max(1, 38 - len(base))}# a hub id or a local folder",
-        f"  quantization: {quantization}                          # 8bit | 4bit (the largest bases) | none",
-        f"  gradient_checkpointing: {str(checkpointing).lower()}{' ' * (20 - len(str(checkpointing)))}"
-        "# true: far less memory in sft and reward, about 2x their time",
-        'prompt_template: "{prompt}"                   # how each prompt is shown to the model, e.g. "summarize: {prompt}"',
-        f"max_prompt_tokens: {prompt_tokens}{' ' * 25}# longer prompts are cut (lorahf validate counts them)",
-        f"max_response_tokens: {response_tokens}",
-        "judges: {}                                    # add yours: {mine: {python: \"judge.py:score\"}}, an llm, or a human",
+        _line(f"  name: {base}", "a hub id or a local folder"),
+        _line(f"  quantization: {settings.quantization}", "8bit | 4bit (the largest bases) | none"),
+        _line(f"  gradient_checkpointing: {str(settings.gradient_checkpointing).lower()}",
+              "true: far less memory in sft and reward, about 2x their time"),
+        _line('prompt_template: "{prompt}"', 'how each prompt is shown to the model, e.g. "summarize: {prompt}"'),
+        _line(f"max_prompt_tokens: {prompt_tokens}",
+              f"{prompt_note}; longer prompts are cut (lorahf validate counts them)"),
+        _line(f"max_response_tokens: {response_tokens}", response_note),
+        _line("judges: {}", 'add yours: {mine: {python: "judge.py:score"}}, an llm, or a human'),
         f"stages: {_flow(plan.stages)}",
         "sft:",
         *data("sft", "prompt -> response pairs"),
-        "  learning_rate: 3.0e-4",
-        f"  batch_size: {sft_batch}{' ' * (32 - len(str(sft_batch)))}# sizes for a {card} card: see lorahf plan",
-        "  epochs: 2",
+        _line(f"  learning_rate: {_rate(settings.sft_learning_rate)}",
+              "the tiny base; 1e-4 to 5e-4 suits a real Flan-T5" if settings is TINY
+              else "LoRA on Flan-T5: 1e-4 to 5e-4 is the usual range"),
+        *optional("lr_schedule", settings.lr_schedule),
+        _line(f"  batch_size: {settings.sft_batch_size}",
+              f"sizes for {settings.gpu_memory} of GPU memory: see lorahf plan" if settings.gpu_memory else ""),
+        _line(f"  epochs: {settings.sft_epochs}", "at most (patience stops it earlier); the adapter best on "
+              "held-out loss is kept"),
+        _line(f"  eval_every: {sft_every}", f"{sft_rows - round(sft_rows * default_fraction)} training pairs, "
+              f"{settings.sft_batch_size} a step, {settings.sft_epochs} epochs"),
     ]
     if "reward" in plan.files:
-        lines += ["reward:", *data("reward", PURPOSES[plan.files["reward"][0].shape].split(": ", 1)[1]),
-                  "  learning_rate: 1.0e-4", f"  batch_size: {reward_batch}"]
+        fraction = settings.reward_eval_fraction or default_fraction
+        epochs = settings.reward_epochs or RewardStage.model_fields["epochs"].default
+        rows = sum(g.rows for g in plan.files["reward"])
+        data_lines = data("reward", PURPOSES[plan.files["reward"][0].shape].split(": ", 1)[1])
+        if settings.reward_eval_fraction is not None:
+            data_lines.append(_line(f"    eval_fraction: {settings.reward_eval_fraction}",
+                                    f"{round(rows * fraction)} held out for accuracy"))
+        lines += ["reward:", *data_lines,
+                  *optional("likelihood_term", settings.likelihood_term,
+                            "the score adds the response's likelihood under a copy of SFT's LM head"),
+                  _line(f"  learning_rate: {_rate(settings.reward_learning_rate)}"),
+                  *optional("lr_schedule", settings.lr_schedule),
+                  _line(f"  batch_size: {settings.reward_batch_size}"),
+                  *optional("epochs", settings.reward_epochs, "at most (patience stops it earlier)"),
+                  _line(f"  eval_every: {eval_every(rows, fraction, settings.reward_batch_size, epochs)}",
+                        f"{rows - round(rows * fraction)} training rows, {settings.reward_batch_size} a step, "
+                        f"{epochs:g} epoch{'s' if epochs != 1 else ''}")]
     if "ppo" in plan.files:
         note = "prompts only: the policy writes its own answers" if plan.files["ppo"] is not plan.files["sft"] \
             else "the SFT prompts (no prompts-only file was given)"
-        lines += ["ppo:", *data("ppo", note), f"  batch_size: {ppo_batch}", f"  minibatch_size: {minibatch}"]
+        rate = _rate(settings.ppo_learning_rate) if settings.ppo_learning_rate else None
+        lines += ["ppo:", *data("ppo", note),
+                  *optional("iterations", settings.ppo_iterations),
+                  _line(f"  batch_size: {settings.ppo_batch_size}"),
+                  _line(f"  minibatch_size: {settings.ppo_minibatch_size}"),
+                  *optional("temperature", settings.temperature, "sampling at SFT's own distribution"),
+                  *optional("policy_learning_rate", rate), *optional("value_learning_rate", rate)]
     lines += ["evaluate:"]
     if "ppo" not in plan.files:  # no ppo stage to take held-out prompts from: its own, with references
         source = plan.eval_files or plan.files["sft"]
@@ -350,10 +540,11 @@ def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name:
                      else {"prompt": plan.files["sft"][0].roles["prompt"],
                            "reference": plan.files["sft"][0].roles["response"]})
         note = "held-out prompts" if plan.eval_files else "the SFT file's held-out split (sft holds out the same rows)"
-        lines += ["  data:", f"    files: {_flow([g.path for g in source])}   # {note}"]
+        lines += ["  data:", _line(f"    files: {_flow([g.path for g in source])}", note)]
         if _renamed(reference):
             lines.append(f"    columns: {_flow(_renamed(reference))}")
-    lines += ["  batch_size: 16"]
+    lines += [*optional("temperature", settings.temperature, "answers sampled as PPO samples them"),
+              "  batch_size: 16"]
     notes = [f"#   {g.path}: {role} is {g.roles[role]}, "
              + (f"a guess among {', '.join(options)}" if len(options) > 1 else "guessed from its values")
              for g in found for role, options in g.ambiguous.items() if role in g.roles]
@@ -361,6 +552,24 @@ def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name:
     if notes:
         lines += ["", GUESSES, *notes]
     return "\n".join(lines) + "\n"
+
+
+def _comment(text: str, width: int = 110) -> list[str]:
+    """`text` as comment lines of at most `width` characters."""
+    import textwrap
+
+    return textwrap.wrap(text, width, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
+
+
+def _line(text: str, note: str = "") -> str:
+    """A recipe line with its comment, the comments lined up where the line leaves room."""
+    return f"{text}{' ' * max(1, 45 - len(text))}# {note}" if note else text
+
+
+def _rate(value: float) -> str:
+    """A learning rate as recipes write it: 3.0e-4."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def _flow(value) -> str:

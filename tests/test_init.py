@@ -145,3 +145,78 @@ def test_init_refuses_to_replace_a_recipe_and_names_a_file_it_cannot_use(tmp_pat
     assert result.exit_code == 1 and "numbers.jsonl: no column looks like a prompt" in " ".join(result.output.split())
     result = CliRunner().invoke(main, ["init", str(EXAMPLE_DATA / "prompts.jsonl"), "--out", str(tmp_path / "p.yaml")])
     assert result.exit_code == 1 and "no file has prompt -> response pairs" in " ".join(result.output.split())
+
+
+# ------------------------------------------------------------------------------------- settings per base
+def test_the_tiny_base_gets_the_quickstarts_measured_settings(tmp_path, tiny_model_dir):
+    output, raw = init(tmp_path, str(EXAMPLE_DATA), "--base", str(tiny_model_dir))
+    text = (tmp_path / "recipe.yaml").read_text()
+    assert "recipes/quickstart.yaml" in text and "lorahf_tiny.json" in text  # says where the settings came from
+    assert raw["model"]["quantization"] == "8bit" and raw["model"]["gradient_checkpointing"] is False
+    sft, reward, ppo = raw["sft"], raw["reward"], raw["ppo"]
+    assert (sft["learning_rate"], sft["lr_schedule"], sft["batch_size"], sft["epochs"]) == (1e-3, "constant", 16, 10)
+    assert (reward["learning_rate"], reward["lr_schedule"], reward["batch_size"], reward["epochs"]) == \
+        (1e-4, "constant", 16, 2)
+    assert reward["likelihood_term"] is True and reward["data"]["eval_fraction"] == 0.1
+    assert (ppo["iterations"], ppo["batch_size"], ppo["minibatch_size"], ppo["temperature"]) == (60, 32, 8, 1.0)
+    assert ppo["policy_learning_rate"] == ppo["value_learning_rate"] == 2e-4
+    assert raw["evaluate"]["temperature"] == 1.0
+    # about 10 held-out checks over each stage's run: 2850 of 3000 SFT pairs train, 2250 of 2500 preference pairs
+    assert 8 <= -(-2850 // 16) * 10 / sft["eval_every"] <= 15
+    assert 8 <= -(-2250 // 16) * 2 / reward["eval_every"] <= 15
+    # token limits counted by the tiny base's own tokenizer: the longest sampled prompt fits, within 16 tokens
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    longest = max(len(tokenizer(row["document"]).input_ids) for row in rows("sft.jsonl", 200))
+    assert longest <= raw["max_prompt_tokens"] < longest + 16 and "by this base's tokenizer" in text
+
+
+@pytest.mark.parametrize("size", ["small", "base", "large", "xl", "xxl"])
+def test_each_flan_t5_size_gets_the_settings_of_its_shipped_recipe(tmp_path, size):
+    _, raw = init(tmp_path, str(EXAMPLE_DATA), "--base", f"google/flan-t5-{size}")
+    shipped = yaml.safe_load(open(f"recipes/flan-t5-{size}.yaml", encoding="utf-8"))
+    assert raw["model"]["quantization"] == shipped["model"]["quantization"]
+    assert raw["model"]["gradient_checkpointing"] == shipped["model"]["gradient_checkpointing"]
+    for stage, keys in {"sft": ("learning_rate", "batch_size", "epochs"), "reward": ("learning_rate", "batch_size"),
+                        "ppo": ("batch_size", "minibatch_size")}.items():
+        assert {k: raw[stage][k] for k in keys} == {k: shipped[stage][k] for k in keys}, stage
+    assert f"recipes/flan-t5-{size}.yaml" in (tmp_path / "recipe.yaml").read_text()
+    if size == "xxl":
+        assert raw["model"]["quantization"] == "4bit" and "--gpu-memory 24GiB" in (tmp_path / "recipe.yaml").read_text()
+
+
+@pytest.mark.parametrize("shape, settings, said", [
+    ({"d_model": 512, "d_ff": 2048, "num_layers": 6, "num_heads": 8}, "flan-t5-small",
+     "the nearest size to this base's 61M parameters"),
+    ({"d_model": 1024, "d_ff": 2816, "num_layers": 24, "num_heads": 16, "feed_forward_proj": "gated-gelu"},
+     "flan-t5-large", "this base has flan-t5-large's dimensions"),
+    ({"d_model": 64, "d_ff": 256, "num_layers": 2, "num_heads": 4, "d_kv": 16, "vocab_size": 1000}, "quickstart",
+     "tiny-like too (0.3M parameters, under 10M)"),
+])
+def test_another_base_gets_the_settings_of_the_nearest_size_by_its_parameters(tmp_path, shape, settings, said):
+    from transformers import T5Config
+
+    base = tmp_path / "my-t5"
+    T5Config(**{"vocab_size": 32128, "d_kv": 64, **shape}).save_pretrained(base)  # no weights: only the config is read
+    _, raw = init(tmp_path, str(EXAMPLE_DATA), "--base", str(base))
+    text = " ".join(line.lstrip("# ") for line in (tmp_path / "recipe.yaml").read_text().splitlines())
+    assert said in text and f"recipes/{settings}.yaml" in text
+    expected = {"flan-t5-small": (3e-4, 16, 2), "flan-t5-large": (3e-4, 8, 2), "quickstart": (1e-3, 16, 10)}[settings]
+    assert (raw["sft"]["learning_rate"], raw["sft"]["batch_size"], raw["sft"]["epochs"]) == expected
+    assert raw["model"]["gradient_checkpointing"] is (settings == "flan-t5-large")
+
+
+def test_a_hub_id_that_cannot_be_reached_gets_flan_t5_base_settings_at_once(tmp_path, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")  # a name that never resolves
+    started = time.monotonic()
+    _, raw = init(tmp_path, str(EXAMPLE_DATA), "--base", "somebody/some-t5")
+    assert time.monotonic() - started < 10  # the hub client's retries take about 20 s
+    text = " ".join(line.lstrip("# ") for line in (tmp_path / "recipe.yaml").read_text().splitlines())
+    assert "flan-t5-base's (recipes/flan-t5-base.yaml), a guess: this base's size is unknown" in text
+    assert "hub.invalid cannot be reached" in text
+    assert (raw["sft"]["learning_rate"], raw["sft"]["batch_size"], raw["model"]["quantization"]) == (3e-4, 8, "8bit")
