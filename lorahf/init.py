@@ -476,7 +476,7 @@ def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name:
         f"#   lorahf validate {shown}    (reads every file)",
         f"#   lorahf plan {shown} --gpu-memory {settings.gpu_memory or '12GiB'}    (will it fit the card?)",
         f"#   lorahf run {shown}",
-        "# Every field not written here takes the default documented in lorahf/recipe.py (lorahf validate --explain).",
+        "# Every field not written here takes the default documented in docs/recipe.md (lorahf validate --explain).",
         *_comment(f"Settings for this base (quantization, learning rates, batch sizes, epochs and the rest): {why}. "
                    f"eval_every: about {CHECKS} held-out checks over each stage's run, from its number of rows."),
         _line(f"name: {name}", f"the run folder is runs/{name}"),

@@ -306,7 +306,9 @@ class Recipe(Section):
     output_dir: str = "runs"
     """Folder that holds run folders."""
     seed: int = 0
-    """Seeds data splits, shuffling, adapter init and sampling, so a run can be repeated."""
+    """Seeds data splits, shuffling, adapter init and sampling: on the same machine with the same library versions a
+    run repeats exactly (a resumed one too); another processor or library version rounds differently, and its figures
+    then differ within the run's noise."""
     model: ModelSpec
     """The one base model every role shares."""
     lora: LoraRoles = Field(default_factory=LoraRoles)
