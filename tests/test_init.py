@@ -40,7 +40,7 @@ def run_short(folder, tiny_model_dir) -> dict:
     return result.metrics
 
 
-def test_the_bundled_example_becomes_a_recipe_that_runs(tmp_path, tiny_model_dir):
+def test_the_bundled_example_becomes_a_recipe(tmp_path):
     output, raw = init(tmp_path, str(EXAMPLE_DATA))
     assert raw["stages"] == ["sft", "reward", "ppo", "evaluate"]
     assert raw["sft"]["data"]["columns"] == {"prompt": "document", "response": "summary"}
@@ -50,8 +50,7 @@ def test_the_bundled_example_becomes_a_recipe_that_runs(tmp_path, tiny_model_dir
     assert raw["ppo"]["data"]["eval_files"] == [str(EXAMPLE_DATA / "test.jsonl")]
     assert "rankings.jsonl: not used" in output and "scores.jsonl: not used" in output
     assert f"lorahf validate {tmp_path / 'recipe.yaml'}" in " ".join(output.split())
-    metrics = run_short(tmp_path, tiny_model_dir)
-    assert metrics["evaluate"]["eval_prompts"] == 4
+    # its run: tests/test_readme.py runs the README's lines, which make and run this same recipe
 
 
 def test_three_differently_named_variants_become_recipes_that_run(tmp_path, tiny_model_dir):

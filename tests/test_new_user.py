@@ -16,7 +16,7 @@ from tests.weather import write_task
 
 
 def test_init_writes_a_recipe_for_its_base_whose_whole_run_passes_its_checks(tmp_path):
-    write_task(tmp_path / "data")
+    write_task(tmp_path / "data", prompts=200, held_out=64)
     lorahf = [sys.executable, "-m", "lorahf"]
 
     def step(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
