@@ -325,17 +325,16 @@ TINY = Settings("recipes/quickstart.yaml", sft_learning_rate=1e-3, sft_batch_siz
                 ppo_iterations=60, ppo_learning_rate=2e-4, temperature=1.0, gpu_memory=None)
 TINY_PARAMETERS = 10e6  # under this, a base takes the tiny settings (the tiny T5 has 1.3M, flan-t5-small 77M)
 
-# Per Flan-T5 size: its recipe's settings, its parameters as published, and its config's
-# (d_model, d_ff, layers per stack, heads)
+# Per Flan-T5 size: its recipe's settings and its parameters as published (its config's dimensions are
+# lorahf.plan.FLAN_T5's)
 FLAN_T5 = {
     "small": (Settings("recipes/flan-t5-small.yaml", sft_batch_size=16, reward_batch_size=8, ppo_batch_size=32,
-                       ppo_minibatch_size=8), 77e6, (512, 1024, 8, 6)),
-    "base": (Settings("recipes/flan-t5-base.yaml"), 248e6, (768, 2048, 12, 12)),
-    "large": (Settings("recipes/flan-t5-large.yaml", gradient_checkpointing=True), 783e6, (1024, 2816, 24, 16)),
-    "xl": (Settings("recipes/flan-t5-xl.yaml", gradient_checkpointing=True), 2.85e9, (2048, 5120, 24, 32)),
+                       ppo_minibatch_size=8), 77e6),
+    "base": (Settings("recipes/flan-t5-base.yaml"), 248e6),
+    "large": (Settings("recipes/flan-t5-large.yaml", gradient_checkpointing=True), 783e6),
+    "xl": (Settings("recipes/flan-t5-xl.yaml", gradient_checkpointing=True), 2.85e9),
     "xxl": (Settings("recipes/flan-t5-xxl.yaml", quantization="4bit", gradient_checkpointing=True, sft_batch_size=4,
-                     reward_batch_size=2, ppo_batch_size=8, ppo_minibatch_size=2, gpu_memory="24GiB"),
-            11.1e9, (4096, 10240, 24, 64)),
+                     reward_batch_size=2, ppo_batch_size=8, ppo_minibatch_size=2, gpu_memory="24GiB"), 11.1e9),
 }
 
 
@@ -358,9 +357,11 @@ def settings_for(base: str) -> tuple[Settings, str]:
         fallback = FLAN_T5["base"][0]
         return fallback, (f"flan-t5-base's ({fallback.source}), a guess: this base's size is unknown, as its "
                           f"config could not be read ({error.message})")
+    from lorahf.plan import FLAN_T5 as DIMENSIONS  # (d_model, d_ff, layers per stack, heads)
+
     shape = tuple(getattr(config, key, None) for key in ("d_model", "d_ff", "num_layers", "num_heads"))
-    for size, (settings, _, flan_shape) in FLAN_T5.items():
-        if shape == flan_shape:
+    for size, (settings, _) in FLAN_T5.items():
+        if shape == DIMENSIONS[size]:
             return settings, f"{settings.source}'s: this base has flan-t5-{size}'s dimensions"
     if parameters < TINY_PARAMETERS:
         return TINY, (f"{TINY.source}'s, measured there on lorahf's tiny T5: this base is tiny-like too "

@@ -75,11 +75,11 @@ def run(recipe, backbone, folder, progress) -> dict:
     # 3. Loop: held-out accuracy picks the adapter kept (and stops the loop when it no longer rises)
     def loss(indices: list[int]) -> tuple[torch.Tensor, int]:
         scores = score_responses(backbone, train, indices)
-        loss = group_loss(scores, [train.pairs[i] for i in indices], spec.margin,
-                          [train.targets[i] for i in indices] if train.targets else None)
-        loss = distributed.share_of_mean(loss, sum(len(train.targets[i]) for i in indices) if train.targets
-                                         else len(indices))  # the mean is over responses, or over groups
-        return loss, sum(len(train.prompts[i]) + len(r) for i in indices for r in train.responses[i])
+        mean_loss = group_loss(scores, [train.pairs[i] for i in indices], spec.margin,
+                               [train.targets[i] for i in indices] if train.targets else None)
+        share = distributed.share_of_mean(mean_loss, sum(len(train.targets[i]) for i in indices) if train.targets
+                                          else len(indices))  # the mean is over responses, or over groups
+        return share, sum(len(train.prompts[i]) + len(r) for i in indices for r in train.responses[i])
 
     lengths = ([len(p) + 2 * max(map(len, rs)) for p, rs in zip(train.prompts, train.responses)]
                if spec.group_by_length else None)
