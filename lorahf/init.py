@@ -439,27 +439,29 @@ def token_limit(texts: list[str], characters: list[float], tokenizer, limit: int
 
 def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name: str = "my-run",
                 out: Path | None = None) -> str:
-    """A commented recipe for the files, to be saved at `out`, with settings chosen for `base` (settings_for)."""
-    from lorahf.recipe import DataSpec, RewardStage
-
-    shown = out.as_posix() if out is not None else "RECIPE"
+    """A commented recipe for the files, to be saved at `out`, with settings chosen for `base` (settings_for):
+    its head (how to run it, the model, the token limits, the stages), then one section per stage, then the
+    guesses to check."""
     plan = plan_stages(found)
     settings, why = settings_for(base)
+    lines = _head_lines(found, plan, settings, why, base, name, out)
+    lines += _sft_lines(plan, settings)
+    if "reward" in plan.files:
+        lines += _reward_lines(plan, settings)
+    if "ppo" in plan.files:
+        lines += _ppo_lines(plan, settings)
+    lines += _evaluate_lines(plan, settings)
+    notes = _guess_notes(found, plan)
+    if notes:
+        lines += ["", GUESSES, *notes]
+    return "\n".join(lines) + "\n"
 
-    def data(stage: str, note: str) -> list[str]:
-        listed = [g.path for g in plan.files[stage]]  # as given: recipe paths are read from where lorahf runs
-        lines = [_line("  data:"), _line(f"    files: {_flow(listed)}", note)]
-        if _renamed(plan.columns[stage]):
-            lines.append(_line(f"    columns: {_flow(_renamed(plan.columns[stage]))}", "lorahf's column: yours"))
-        if stage == "ppo" and plan.eval_files:
-            lines.append(_line(f"    eval_files: {_flow([g.path for g in plan.eval_files])}", "held-out prompts"))
-        return lines
 
-    def optional(key: str, value, note: str = "") -> list[str]:  # a setting the recipe's default may stand for
-        if isinstance(value, bool):
-            value = str(value).lower()
-        return [] if value is None else [_line(f"  {key}: {value}", note)]
-
+def _head_lines(found: list[FileGuess], plan: Plan, settings: Settings, why: str, base: str, name: str,
+                out: Path | None) -> list[str]:
+    """The recipe's first lines: how to check and run it, why these settings, the model, the token limits
+    (counted on the SFT pairs) and the stages."""
+    shown = out.as_posix() if out is not None else "RECIPE"
     sft = plan.files["sft"]
     prompts = [row[g.roles["prompt"]] for g in sft for row in g.sample if isinstance(row.get(g.roles["prompt"]), str)]
     responses = [row[g.roles["response"]] for g in sft for row in g.sample
@@ -469,10 +471,7 @@ def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name:
                                              "prompt")
     response_tokens, response_note = token_limit(responses, [g.lengths[g.roles["response"]] for g in sft],
                                                  tokenizer, 128, "response")
-    default_fraction = DataSpec.model_fields["eval_fraction"].default
-    sft_rows = sum(g.rows for g in sft)
-    sft_every = eval_every(sft_rows, default_fraction, settings.sft_batch_size, settings.sft_epochs)
-    lines = [
+    return [
         f"# Written by `lorahf init` from {len(found)} file(s); check the guesses marked below, then run:",
         f"#   lorahf validate {shown}    (reads every file)",
         f"#   lorahf plan {shown} --gpu-memory {settings.gpu_memory or '12GiB'}    (will it fit the card?)",
@@ -493,12 +492,23 @@ def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name:
         _line(f"max_response_tokens: {response_tokens}", response_note),
         _line("judges: {}", 'add yours: {mine: {python: "judge.py:score"}}, an llm, or a human'),
         f"stages: {_flow(plan.stages)}",
+    ]
+
+
+def _sft_lines(plan: Plan, settings: Settings) -> list[str]:
+    """The `sft:` section: its pairs, learning rate, batch size, epochs and eval_every."""
+    from lorahf.recipe import DataSpec
+
+    default_fraction = DataSpec.model_fields["eval_fraction"].default
+    sft_rows = sum(g.rows for g in plan.files["sft"])
+    sft_every = eval_every(sft_rows, default_fraction, settings.sft_batch_size, settings.sft_epochs)
+    return [
         "sft:",
-        *data("sft", "prompt -> response pairs"),
+        *_data_lines(plan, "sft", "prompt -> response pairs"),
         _line(f"  learning_rate: {_rate(settings.sft_learning_rate)}",
               "the tiny base; 1e-4 to 5e-4 suits a real Flan-T5" if settings is TINY
               else "LoRA on Flan-T5: 1e-4 to 5e-4 is the usual range"),
-        *optional("lr_schedule", settings.lr_schedule),
+        *_optional("lr_schedule", settings.lr_schedule),
         _line(f"  batch_size: {settings.sft_batch_size}",
               f"sizes for {settings.gpu_memory} of GPU memory: see lorahf plan" if settings.gpu_memory else ""),
         _line(f"  epochs: {settings.sft_epochs}", "at most (patience stops it earlier); the adapter best on "
@@ -506,35 +516,47 @@ def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name:
         _line(f"  eval_every: {sft_every}", f"{sft_rows - round(sft_rows * default_fraction)} training pairs, "
               f"{settings.sft_batch_size} a step, {settings.sft_epochs} epochs"),
     ]
-    if "reward" in plan.files:
-        fraction = settings.reward_eval_fraction or default_fraction
-        epochs = settings.reward_epochs or RewardStage.model_fields["epochs"].default
-        rows = sum(g.rows for g in plan.files["reward"])
-        data_lines = data("reward", PURPOSES[plan.files["reward"][0].shape].split(": ", 1)[1])
-        if settings.reward_eval_fraction is not None:
-            data_lines.append(_line(f"    eval_fraction: {settings.reward_eval_fraction}",
-                                    f"{round(rows * fraction)} held out for accuracy"))
-        lines += ["reward:", *data_lines,
-                  *optional("likelihood_term", settings.likelihood_term,
-                            "the score adds the response's likelihood under a copy of SFT's LM head"),
-                  _line(f"  learning_rate: {_rate(settings.reward_learning_rate)}"),
-                  *optional("lr_schedule", settings.lr_schedule),
-                  _line(f"  batch_size: {settings.reward_batch_size}"),
-                  *optional("epochs", settings.reward_epochs, "at most (patience stops it earlier)"),
-                  _line(f"  eval_every: {eval_every(rows, fraction, settings.reward_batch_size, epochs)}",
-                        f"{rows - round(rows * fraction)} training rows, {settings.reward_batch_size} a step, "
-                        f"{epochs:g} epoch{'s' if epochs != 1 else ''}")]
-    if "ppo" in plan.files:
-        note = "prompts only: the policy writes its own answers" if plan.files["ppo"] is not plan.files["sft"] \
-            else "the SFT prompts (no prompts-only file was given)"
-        rate = _rate(settings.ppo_learning_rate) if settings.ppo_learning_rate else None
-        lines += ["ppo:", *data("ppo", note),
-                  *optional("iterations", settings.ppo_iterations),
-                  _line(f"  batch_size: {settings.ppo_batch_size}"),
-                  _line(f"  minibatch_size: {settings.ppo_minibatch_size}"),
-                  *optional("temperature", settings.temperature, "sampling at SFT's own distribution"),
-                  *optional("policy_learning_rate", rate), *optional("value_learning_rate", rate)]
-    lines += ["evaluate:"]
+
+
+def _reward_lines(plan: Plan, settings: Settings) -> list[str]:
+    """The `reward:` section: its preferences (and held-out share), learning rate, batch size, epochs, eval_every."""
+    from lorahf.recipe import DataSpec, RewardStage
+
+    fraction = settings.reward_eval_fraction or DataSpec.model_fields["eval_fraction"].default
+    epochs = settings.reward_epochs or RewardStage.model_fields["epochs"].default
+    rows = sum(g.rows for g in plan.files["reward"])
+    data_lines = _data_lines(plan, "reward", PURPOSES[plan.files["reward"][0].shape].split(": ", 1)[1])
+    if settings.reward_eval_fraction is not None:
+        data_lines.append(_line(f"    eval_fraction: {settings.reward_eval_fraction}",
+                                f"{round(rows * fraction)} held out for accuracy"))
+    return ["reward:", *data_lines,
+            *_optional("likelihood_term", settings.likelihood_term,
+                       "the score adds the response's likelihood under a copy of SFT's LM head"),
+            _line(f"  learning_rate: {_rate(settings.reward_learning_rate)}"),
+            *_optional("lr_schedule", settings.lr_schedule),
+            _line(f"  batch_size: {settings.reward_batch_size}"),
+            *_optional("epochs", settings.reward_epochs, "at most (patience stops it earlier)"),
+            _line(f"  eval_every: {eval_every(rows, fraction, settings.reward_batch_size, epochs)}",
+                  f"{rows - round(rows * fraction)} training rows, {settings.reward_batch_size} a step, "
+                  f"{epochs:g} epoch{'s' if epochs != 1 else ''}")]
+
+
+def _ppo_lines(plan: Plan, settings: Settings) -> list[str]:
+    """The `ppo:` section: its prompts, iterations, batch sizes, temperature and learning rates."""
+    note = "prompts only: the policy writes its own answers" if plan.files["ppo"] is not plan.files["sft"] \
+        else "the SFT prompts (no prompts-only file was given)"
+    rate = _rate(settings.ppo_learning_rate) if settings.ppo_learning_rate else None
+    return ["ppo:", *_data_lines(plan, "ppo", note),
+            *_optional("iterations", settings.ppo_iterations),
+            _line(f"  batch_size: {settings.ppo_batch_size}"),
+            _line(f"  minibatch_size: {settings.ppo_minibatch_size}"),
+            *_optional("temperature", settings.temperature, "sampling at SFT's own distribution"),
+            *_optional("policy_learning_rate", rate), *_optional("value_learning_rate", rate)]
+
+
+def _evaluate_lines(plan: Plan, settings: Settings) -> list[str]:
+    """The `evaluate:` section: its own held-out prompts when there is no ppo stage to take them from."""
+    lines = ["evaluate:"]
     if "ppo" not in plan.files:  # no ppo stage to take held-out prompts from: its own, with references
         source = plan.eval_files or plan.files["sft"]
         reference = (_columns(source[0], ("prompt", "reference")) if plan.eval_files
@@ -544,15 +566,34 @@ def recipe_text(found: list[FileGuess], base: str = "google/flan-t5-base", name:
         lines += ["  data:", _line(f"    files: {_flow([g.path for g in source])}", note)]
         if _renamed(reference):
             lines.append(f"    columns: {_flow(_renamed(reference))}")
-    lines += [*optional("temperature", settings.temperature, "answers sampled as PPO samples them"),
-              "  batch_size: 16"]
+    return lines + [*_optional("temperature", settings.temperature, "answers sampled as PPO samples them"),
+                    "  batch_size: 16"]
+
+
+def _guess_notes(found: list[FileGuess], plan: Plan) -> list[str]:
+    """The recipe's closing notes: each column names could not settle, and each file left out and why."""
     notes = [f"#   {g.path}: {role} is {g.roles[role]}, "
              + (f"a guess among {', '.join(options)}" if len(options) > 1 else "guessed from its values")
              for g in found for role, options in g.ambiguous.items() if role in g.roles]
-    notes += [f"#   {file}: not used ({why})" for file, why in plan.unused]
-    if notes:
-        lines += ["", GUESSES, *notes]
-    return "\n".join(lines) + "\n"
+    return notes + [f"#   {file}: not used ({why})" for file, why in plan.unused]
+
+
+def _data_lines(plan: Plan, stage: str, note: str) -> list[str]:
+    """A stage's `data:` block: its files, its columns where they are not lorahf's names, ppo's held-out prompts."""
+    listed = [g.path for g in plan.files[stage]]  # as given: recipe paths are read from where lorahf runs
+    lines = [_line("  data:"), _line(f"    files: {_flow(listed)}", note)]
+    if _renamed(plan.columns[stage]):
+        lines.append(_line(f"    columns: {_flow(_renamed(plan.columns[stage]))}", "lorahf's column: yours"))
+    if stage == "ppo" and plan.eval_files:
+        lines.append(_line(f"    eval_files: {_flow([g.path for g in plan.eval_files])}", "held-out prompts"))
+    return lines
+
+
+def _optional(key: str, value, note: str = "") -> list[str]:
+    """A setting the recipe's default may stand for: its line, or none when `value` is None."""
+    if isinstance(value, bool):
+        value = str(value).lower()
+    return [] if value is None else [_line(f"  {key}: {value}", note)]
 
 
 def _comment(text: str, width: int = 110) -> list[str]:
