@@ -232,9 +232,8 @@ def report(run_dir: str) -> None:
     Example:
       lorahf report runs/quickstart
     """
-    from lorahf.pipeline import load_run
     from lorahf.report import write_report
-    from lorahf.runs import RunFolder
+    from lorahf.runs import RunFolder, load_run
 
     path = write_report(RunFolder(load_run(run_dir).run_dir))
     console.print(f"report: [bold]{path}[/bold]")
@@ -328,8 +327,8 @@ def merge(run_dir: str, adapter: str, out: str) -> None:
     Example:
       lorahf merge runs/quickstart --adapter policy --out merged/quickstart-policy
     """
+    from lorahf.merge import LOGIT_TOLERANCE, merge as merge_run
     from lorahf.progress import RichProgress
-    from lorahf.stages.merge import LOGIT_TOLERANCE, merge as merge_run
 
     result = merge_run(run_dir, adapter, out, progress=RichProgress(errors))
     console.print(f"[green]✓[/green] merged '{result.adapter}' into [bold]{result.out}[/bold]: "

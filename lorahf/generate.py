@@ -46,8 +46,7 @@ def generate(target: str | Path, prompts: list[str], adapter: str = "policy", sa
 def _from_run(run_dir: Path, prompts: list[str], adapter: str, sampling: Sampling, progress) -> list[str]:
     from lorahf.backbone import Backbone, respond
     from lorahf.data import encode_prompts
-    from lorahf.pipeline import load_run
-    from lorahf.runs import RunFolder
+    from lorahf.runs import RunFolder, load_run
     from lorahf.training import ensure_adapter
 
     recipe = load_run(run_dir)
@@ -70,7 +69,7 @@ def _from_folder(folder: Path, prompts: list[str], sampling: Sampling, progress)
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from lorahf.backbone import quiet_libraries
-    from lorahf.stages.merge import SETTINGS_FILE
+    from lorahf.merge import SETTINGS_FILE
 
     quiet_libraries()
     settings_path = folder / SETTINGS_FILE

@@ -26,7 +26,7 @@ from lorahf.backbone import Backbone
 from lorahf.errors import LorahfError
 from lorahf.progress import Progress
 from lorahf.report import write_report
-from lorahf.runs import RunFolder, write_text
+from lorahf.runs import RunFolder, load_run, write_text
 
 
 @dataclass
@@ -284,17 +284,6 @@ def describe(recipe: recipes.Recipe, read_data: bool = True) -> list[tuple[str, 
 
 
 # ------------------------------------------------------------------------------------ an existing run
-def load_run(run_dir: str | Path) -> recipes.Recipe:
-    """The resolved recipe a run folder was made with, pointed at that folder wherever it now is."""
-    root = Path(run_dir)
-    path = RunFolder(root).recipe_path
-    if not path.is_file():
-        raise LorahfError(f"{root}: not a run folder (no recipe.yaml)", hint="give the folder `lorahf run` printed")
-    recipe = recipes.load(path)
-    recipe.output_dir, recipe.name = str(root.parent), root.name
-    return recipe
-
-
 def evaluate(run_dir: str | Path, adapters: list[str] | None = None, judges: list[str] | None = None,
              progress: Progress | None = None) -> RunResult:
     """Run (or rerun) the evaluate stage of a finished run, with the recipe's settings or these."""

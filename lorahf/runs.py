@@ -26,10 +26,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from lorahf import distributed
 from lorahf.errors import LorahfError
+
+if TYPE_CHECKING:
+    from lorahf.recipe import Recipe
 
 TEMP_PREFIX = ".tmp-"
 _OLD_NAME = re.compile(re.escape(TEMP_PREFIX) + r"old-(?P<name>.+)-\d+")  # a folder moved aside by atomic_path
@@ -274,6 +277,20 @@ def _logged_after(line: str, stage: str, after_step: int) -> bool:
     except json.JSONDecodeError:
         return True  # a line cut by a kill mid-write: drop it too
     return row.get("stage") == stage and row.get("step", 0) > after_step
+
+
+def load_run(run_dir: str | Path) -> Recipe:
+    """The resolved recipe a run folder was made with, pointed at that folder wherever it now is."""
+    # imported here, not at the top: reading markers and metrics needs no pydantic
+    from lorahf import recipe as recipes
+
+    root = Path(run_dir)
+    path = RunFolder(root).recipe_path
+    if not path.is_file():
+        raise LorahfError(f"{root}: not a run folder (no recipe.yaml)", hint="give the folder `lorahf run` printed")
+    recipe = recipes.load(path)
+    recipe.output_dir, recipe.name = str(root.parent), root.name
+    return recipe
 
 
 def verify(root: str | Path) -> list[str]:

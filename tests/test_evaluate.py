@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from lorahf import pipeline
 from lorahf.cli import main
 from lorahf.recipe import dump, validate
-from lorahf.runs import RunFolder
+from lorahf.runs import RunFolder, load_run
 
 from tests.conftest import EXAMPLE_DATA, REPO, tiny_ppo_section, tiny_reward_section, tiny_run_recipe
 
@@ -145,5 +145,5 @@ def test_a_person_judges_at_the_keyboard_with_undo_quit_and_resume(run, tmp_path
 def dump_raw(run) -> dict:
     import yaml
 
-    return yaml.safe_load(dump(pipeline.load_run(run.folder.root)))
+    return yaml.safe_load(dump(load_run(run.folder.root)))
 

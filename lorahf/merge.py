@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
+from lorahf import roles
 from lorahf.errors import LorahfError
 from lorahf.runs import atomic_path
 
 CHECK_PROMPTS = 16  # held-out prompts answered by adapter and merged model
 LOGIT_TOLERANCE = 1e-4  # max |logit difference| allowed; fp32 merges measure ~1e-6 on the tiny model
-GENERATING_ROLES_EXCLUDED = ("reward", "value")  # score heads, not generators
 SETTINGS_FILE = "lorahf.json"  # prompt template and generation length, for `lorahf generate MERGED`
 
 
@@ -43,19 +43,19 @@ def merge(run_dir: str | Path, adapter: str, out: str | Path, progress=None) -> 
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from lorahf.backbone import quiet_libraries
-    from lorahf.pipeline import load_run
     from lorahf.progress import Progress
-    from lorahf.runs import RunFolder
+    from lorahf.runs import RunFolder, load_run
 
     quiet_libraries()
     progress = progress or Progress()
     recipe = load_run(run_dir)
     folder = RunFolder(recipe.run_dir)
     adapter_dir = folder.adapter_dir(adapter)
-    if adapter in GENERATING_ROLES_EXCLUDED:
-        raise LorahfError(f"'{adapter}' scores answers and does not write them; merge sft, policy or policy-last")
+    if adapter in roles.SCORING:
+        raise LorahfError(f"'{adapter}' scores answers and does not write them; "
+                          f"merge {roles.SFT}, {roles.POLICY} or {roles.POLICY_LAST}")
     if not (adapter_dir / "adapter_config.json").is_file():
-        found = sorted(p.name for p in (folder.root / "adapters").glob("*") if p.name not in GENERATING_ROLES_EXCLUDED)
+        found = sorted(p.name for p in (folder.root / "adapters").glob("*") if p.name not in roles.SCORING)
         raise LorahfError(f"{folder.root}: has no '{adapter}' adapter (adapters there: {', '.join(found) or 'none'})")
     out = Path(out)
 
