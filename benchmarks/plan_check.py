@@ -100,7 +100,8 @@ def _cpu_model(model: str, prompt: int, response: int, batch: int, checkpointing
     from lorahf import plan
     from lorahf.backbone import Backbone
     from lorahf.data import collate
-    from lorahf.ppo.rollout import logprobs_from_states, repeat
+    from lorahf.ppo.update import policy_and_values
+    from lorahf.stages.reward import Groups, group_loss, score_responses
     from lorahf.stages.sft import response_loss
 
     label = Path(model).name
@@ -124,7 +125,11 @@ def _cpu_model(model: str, prompt: int, response: int, batch: int, checkpointing
         backbone.add_adapter("reward", recipe.lora.reward, head=True)
         backbone.use("reward").set_trainable("reward")
         parameters = backbone.parameters("reward") + backbone.head("reward").trainable_parameters()
-        real = plan._peak(lambda: plan._train_step(backbone.sequence_scores(data).float().sum(), parameters))
+        pairs = batch // 2
+        groups = Groups([[5] * (prompt - 1) + [1]] * pairs, [[[6] * (response - 1) + [1]] * 2] * pairs,
+                        [[(0, 1)]] * pairs)
+        real = plan._peak(lambda: plan._train_step(group_loss(score_responses(backbone, groups, list(range(pairs))),
+                                                              groups.pairs, recipe.reward.margin), parameters))
         rows.append((label, "reward step", shape.trace_reward(recipe, batch), real))
 
         backbone.copy_adapter("sft", "policy")
@@ -138,10 +143,7 @@ def _cpu_model(model: str, prompt: int, response: int, batch: int, checkpointing
         parameters = backbone.parameters("policy") + backbone.parameters("value")
 
         def update():
-            with backbone.per_row(["policy"] * rows_ + ["value"] * rows_):
-                policy_states, value_states = backbone.decode(repeat(part, 2), states).split(rows_)
-            logprobs, _ = logprobs_from_states(backbone, policy_states, part, recipe.ppo.temperature)
-            values = backbone.head("value")(value_states[:, :-1]).float()
+            logprobs, values = policy_and_values(backbone, part, states, recipe.ppo.temperature)
             plan._train_step(logprobs.sum() + values.sum(), parameters)
         rows.append((label, "ppo update", shape.trace_ppo_update(recipe, rows_, batch), kept + plan._peak(update)))
     finally:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from lorahf.errors import LorahfError
+from lorahf.logprobs import token_logprobs
 from lorahf.runs import atomic_path
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -397,9 +398,7 @@ class Backbone:
         rows = torch.arange(states.shape[0], device=states.device)
         scores = head(states[rows, batch.response_lengths])
         if head.likelihood:
-            from lorahf.training import sequence_logprobs
-
-            logprobs = sequence_logprobs(self.lm_logits(states[:, :-1]), batch.response_ids, batch.response_mask)
+            logprobs = token_logprobs(self.lm_logits(states[:, :-1]), batch.response_ids, batch.response_mask)
             scores = scores + head.likelihood_weight * logprobs.sum(1) / batch.response_lengths
         return scores
 

@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
+from lorahf import roles
 from lorahf.errors import LorahfError
 
 OUTCOMES = ("a", "b", "tie")
-REWARD = "reward"  # the built-in judge's name, and the adapter it reads
+REWARD = roles.REWARD  # the built-in judge's name, and the adapter it reads
 
 
 @dataclass(frozen=True)
@@ -161,20 +160,14 @@ class RewardJudge(ScoringJudge):
     def __init__(self, backbone, recipe, role: str = REWARD):
         self.backbone, self.recipe, self.role = backbone, recipe, role
 
-    @torch.no_grad()
     def score(self, prompts, responses):
-        from lorahf.data import collate, encode_pairs
+        from lorahf.data import encode_pairs
+        from lorahf.scoring import score_batches
 
         recipe, backbone = self.recipe, self.backbone
         prompt_ids, response_ids, _ = encode_pairs(backbone.tokenizer, prompts, responses, recipe.max_prompt_tokens,
                                                    recipe.max_response_tokens, recipe.prompt_template)
-        backbone.model.eval()
-        scores: list[float] = []
-        for start in range(0, len(prompt_ids), self.BATCH):
-            batch = collate(prompt_ids[start:start + self.BATCH], response_ids[start:start + self.BATCH],
-                            backbone.tokenizer.pad_token_id).to(backbone.device)
-            scores += backbone.sequence_scores(batch, self.role).float().cpu().tolist()
-        return scores
+        return score_batches(backbone, self.role, prompt_ids, response_ids, self.BATCH).cpu().tolist()
 
 
 # ---------------------------------------------------------------------------------------------- llm

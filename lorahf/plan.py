@@ -253,42 +253,52 @@ class Shape:
             torch.nn.functional.dropout = dropout
 
     def trace_sft(self, recipe, batch_size: int) -> int:
+        """One SFT step: the stage's own loss (`sft.response_loss`)."""
+        from lorahf.roles import SFT
         from lorahf.stages.sft import response_loss
 
-        with self.backbone(recipe, ("sft",)) as backbone:
-            backbone.use("sft").set_trainable("sft")
-            parameters = backbone.parameters("sft")
+        with self.backbone(recipe, (SFT,)) as backbone:
+            backbone.use(SFT).set_trainable(SFT)
+            parameters = backbone.parameters(SFT)
             backbone.model.train()
             batch = self.batch(batch_size, recipe.max_prompt_tokens, recipe.max_response_tokens)
             return _peak(lambda: _train_step(response_loss(backbone, batch), parameters))
 
     def trace_reward(self, recipe, sequences: int) -> int:
-        with self.backbone(recipe, ("reward",), heads=("reward",)) as backbone:
-            backbone.use("reward").set_trainable("reward")
-            parameters = backbone.parameters("reward") + backbone.head("reward").trainable_parameters()
+        """One reward step on `sequences` responses, two to a prompt (pairwise preferences): the stage's own
+        scoring and loss (`reward.score_responses`, `reward.group_loss`), the batch collated inside as there."""
+        from lorahf.roles import REWARD
+        from lorahf.stages.reward import Groups, group_loss, score_responses
+
+        with self.backbone(recipe, (REWARD,), heads=(REWARD,)) as backbone:
+            backbone.use(REWARD).set_trainable(REWARD)
+            parameters = backbone.parameters(REWARD) + backbone.head(REWARD).trainable_parameters()
             backbone.model.train()
-            batch = self.batch(sequences, recipe.max_prompt_tokens, recipe.max_response_tokens)
-            return _peak(lambda: _train_step(backbone.sequence_scores(batch).float().sum(), parameters))
+            prompts = sequences // 2
+            groups = Groups([[0] * recipe.max_prompt_tokens] * prompts,
+                            [[[0] * recipe.max_response_tokens] * 2] * prompts, [[(0, 1)]] * prompts)
+            return _peak(lambda: _train_step(group_loss(score_responses(backbone, groups, list(range(prompts))),
+                                                        groups.pairs, recipe.reward.margin), parameters))
 
     def trace_ppo_update(self, recipe, rows: int, batch_size: int) -> int:
-        """One micro-batch of the PPO update (policy and value rows in one pass, encoder outputs reused),
-        plus what the rollout keeps for the update (encoder outputs, log-probs, values)."""
-        from lorahf.ppo.rollout import logprobs_from_states, repeat
+        """One micro-batch of the PPO update (policy and value rows in one pass, encoder outputs reused: the
+        update's own `policy_and_values`), plus what the rollout keeps for the update (encoder outputs, log-probs,
+        values). The losses on top are a few [B, R] tensors; `update._loss_and_backward` itself reads numbers
+        (`.item()`), which meta tensors do not have."""
+        from lorahf.ppo.update import policy_and_values
+        from lorahf.roles import POLICY, VALUE
 
-        with self.backbone(recipe, ("policy", "value"), heads=("value",)) as backbone:
-            backbone.set_trainable("policy", "value")
-            parameters = backbone.parameters("policy") + backbone.parameters("value")
+        with self.backbone(recipe, (POLICY, VALUE), heads=(VALUE,)) as backbone:
+            backbone.set_trainable(POLICY, VALUE)
+            parameters = backbone.parameters(POLICY) + backbone.parameters(VALUE)
             backbone.model.eval()
             batch = self.batch(rows, recipe.max_prompt_tokens, recipe.max_response_tokens)
             kept = 2 * batch_size * recipe.max_prompt_tokens * self.config.d_model * self.size
 
             def step():
-                with backbone.per_row(["policy"] * rows + ["value"] * rows):
-                    states = torch.empty(2 * rows, recipe.max_prompt_tokens, self.config.d_model, dtype=self.dtype,
-                                         device="meta")
-                    policy_states, value_states = backbone.decode(repeat(batch, 2), states).split(rows)
-                logprobs, _ = logprobs_from_states(backbone, policy_states, batch, recipe.ppo.temperature)
-                values = backbone.head("value")(value_states[:, :-1]).float()
+                states = torch.empty(2 * rows, recipe.max_prompt_tokens, self.config.d_model, dtype=self.dtype,
+                                     device="meta")
+                logprobs, values = policy_and_values(backbone, batch, states, recipe.ppo.temperature)
                 _train_step(logprobs.sum() + values.sum(), parameters)
             return kept + _peak(step)
 

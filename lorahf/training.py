@@ -249,12 +249,6 @@ class Throughput:
         return rate
 
 
-def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token log-probabilities of `targets` under `logits`, zero where `mask` is 0: [B, R]."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return logprobs * mask
-
-
 def mean(values) -> float:
     """The mean of a list of floats; NaN for an empty one (a metric with nothing to average)."""
     values = list(values)

@@ -217,7 +217,7 @@ def test_not_a_model_folder_is_one_clear_line(tmp_path):
 
 
 def test_likelihood_term_adds_the_mean_token_logprob_and_survives_save_load(backbone, batch, tmp_path):
-    from lorahf.training import sequence_logprobs
+    from lorahf.logprobs import token_logprobs
 
     torch.manual_seed(0)
     backbone.add_adapter("reward", LoraSpec(), head=True, likelihood=True)
@@ -228,7 +228,7 @@ def test_likelihood_term_adds_the_mean_token_logprob_and_survives_save_load(back
         head.likelihood_weight.fill_(0.5)
         states = backbone.decode(batch)
         rows = torch.arange(states.shape[0])
-        expected = head(states[rows, batch.response_lengths]) + 0.5 * sequence_logprobs(
+        expected = head(states[rows, batch.response_lengths]) + 0.5 * token_logprobs(
             backbone.lm_logits(states[:, :-1]), batch.response_ids, batch.response_mask).sum(1) / batch.response_lengths
         scores = backbone.sequence_scores(batch)
     assert torch.allclose(scores, expected, atol=1e-5)

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from lorahf import distributed
+from lorahf import distributed, roles
 from lorahf.data import Seq2SeqBatch, collate
+from lorahf.logprobs import exact_kl, log_distribution, token_logprobs, token_logprobs_and_entropy
+from lorahf.scoring import scores_of
 
-POLICY, REFERENCE, REWARD, VALUE = "policy", "sft", "reward", "value"
+POLICY, REWARD, VALUE = roles.POLICY, roles.REWARD, roles.VALUE
+REFERENCE = roles.SFT  # the frozen reference PPO's KL is measured against
 
 
 @dataclass
@@ -43,7 +46,7 @@ class ModelScorer:
     """Scores from the `reward` adapter and its head (offset applied)."""
 
     def __call__(self, backbone, prompts: list[str], batch: Seq2SeqBatch) -> torch.Tensor:
-        return backbone.use(REWARD).sequence_scores(batch).float()
+        return scores_of(backbone, REWARD, batch)
 
 
 class JudgeScorer:
@@ -81,11 +84,10 @@ def collect(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, t
 
     with torch.inference_mode():
         # the policy's log-probs come with generation; sft, value and reward read the responses
-        logprobs, entropy = logprobs_from_logits(logits, batch, temperature)
+        logprobs, entropy = token_logprobs_and_entropy(logits, batch.response_ids, mask, temperature)
         encoders = {POLICY: policy_encoder, VALUE: backbone.use(VALUE).encode(batch)}
-        reference_states = backbone.use(REFERENCE).decode(batch)
-        reference_logprobs, _ = logprobs_from_logits(backbone.lm_logits(reference_states[:, :-1]), batch,
-                                                     temperature)
+        reference_logprobs = token_logprobs(backbone.use(REFERENCE).response_logits(batch), batch.response_ids, mask,
+                                            temperature)
         values = backbone.head(VALUE)(backbone.use(VALUE).decode(batch, encoders[VALUE])[:, :-1]).float() * mask
         scores = scorer(backbone, prompts, batch)
     # inference tensors cannot take part in autograd later; clones are ordinary tensors
@@ -112,25 +114,6 @@ def repeat(batch: Seq2SeqBatch, times: int) -> Seq2SeqBatch:
     """The batch stacked `times` times along the rows (one copy per role of a `per_row` pass)."""
     return Seq2SeqBatch(**{f.name: getattr(batch, f.name).repeat(times, *([1] * (getattr(batch, f.name).dim() - 1)))
                            for f in fields(batch)})
-
-
-def logprobs_from_states(backbone, states: torch.Tensor, batch: Seq2SeqBatch,
-                         temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of the responses and the entropy, from a role's decoder states: [B, R] each."""
-    return logprobs_from_logits(backbone.lm_logits(states[:, :-1]), batch, temperature)
-
-
-def logprobs_from_logits(logits: torch.Tensor, batch: Seq2SeqBatch, temperature: float) -> tuple[torch.Tensor,
-                                                                                                  torch.Tensor]:
-    """Per-token log-probs of the responses and the entropy under softmax(logits / temperature): [B, R] each.
-
-    The temperature is the one the responses were sampled at, so rollout-time and update-time log-probs
-    describe the same distribution."""
-    logprobs_all = torch.log_softmax(logits.float() / temperature, dim=-1)
-    logprobs = logprobs_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
-    mask = batch.response_mask
-    return logprobs * mask, entropy * mask
 
 
 def take(rollout_batch: Seq2SeqBatch, rows: torch.Tensor) -> Seq2SeqBatch:
@@ -167,9 +150,9 @@ def answers(backbone, role: str | None, prompt_ids: list[list[int]], prompts: li
         if role == REFERENCE or not backbone.has_adapter(REFERENCE):
             kl = torch.zeros(len(lengths))
         else:
-            log_p = torch.log_softmax(backbone.use(role).response_logits(batch).float() / temperature, -1)
-            log_q = torch.log_softmax(backbone.use(REFERENCE).response_logits(batch).float() / temperature, -1)
-            kl = ((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum(1)
+            log_p = log_distribution(backbone.use(role).response_logits(batch), temperature)
+            log_q = log_distribution(backbone.use(REFERENCE).response_logits(batch), temperature)
+            kl = exact_kl(log_p, log_q, mask).sum(1)
         if scorer is not None:
             out["rewards"] += scorer(backbone, prompts[start:start + batch_size], batch).tolist()
         out["texts"] += [text.strip() for text in backbone.tokenizer.batch_decode(responses, skip_special_tokens=True)]

@@ -14,8 +14,9 @@ import torch
 
 from lorahf import distributed
 from lorahf.errors import LorahfError
+from lorahf.logprobs import token_logprobs
 from lorahf.ppo.math import masked_mean, policy_loss, value_loss
-from lorahf.ppo.rollout import POLICY, VALUE, Rollout, logprobs_from_states, repeat, take
+from lorahf.ppo.rollout import POLICY, VALUE, Rollout, repeat, take
 
 
 def make_optimizer(backbone, spec) -> torch.optim.Optimizer:
@@ -62,23 +63,18 @@ def train_on(backbone, rollout: Rollout, advantages: torch.Tensor, returns: torc
 
 def _loss_and_backward(backbone, rollout: Rollout, advantages, returns, spec, rows,
                        tokens: torch.Tensor) -> dict[str, float]:
-    """Policy and value read their own copy of the rows in ONE forward pass (`Backbone.per_row`); one backward.
-    Losses and statistics are these rows' shares of the minibatch's means (`tokens`: its real tokens)."""
+    """The rows' policy and value losses, one backward. Losses and statistics are these rows' shares of the
+    minibatch's means (`tokens`: its real tokens)."""
     batch = take(rollout.batch, rows)
-    size, width = len(rows), batch.response_ids.shape[1]
+    width = batch.response_ids.shape[1]
     mask = batch.response_mask.float()
-    with backbone.per_row([POLICY] * size + [VALUE] * size):
-        stacked = repeat(batch, 2)
-        if rollout.encoder_states is not None:  # frozen encoders: their outputs from the rollout
-            prompt_width = batch.input_ids.shape[1]
-            encoder_states = torch.cat([rollout.encoder_states[role][rows, :prompt_width] for role in (POLICY, VALUE)])
-        else:
-            encoder_states = backbone.encode(stacked)
-        policy_states, value_states = backbone.decode(stacked, encoder_states).split(size)
-    logprobs, _ = logprobs_from_states(backbone, policy_states, batch, spec.temperature)
+    encoder_states = None
+    if rollout.encoder_states is not None:  # frozen encoders: their outputs from the rollout
+        prompt_width = batch.input_ids.shape[1]
+        encoder_states = torch.cat([rollout.encoder_states[role][rows, :prompt_width] for role in (POLICY, VALUE)])
+    logprobs, values = policy_and_values(backbone, batch, encoder_states, spec.temperature)
     policy, stats = policy_loss(logprobs, rollout.logprobs[rows, :width], advantages[rows, :width], mask,
                                 spec.policy_clip, tokens)
-    values = backbone.head(VALUE)(value_states[:, :-1]).float()
     value = value_loss(values, rollout.values[rows, :width], returns[rows, :width], mask, spec.value_clip, tokens)
     loss = policy + spec.value_loss_coef * value
     if not torch.isfinite(loss):
@@ -89,6 +85,23 @@ def _loss_and_backward(backbone, rollout: Rollout, advantages, returns, spec, ro
             "approx_kl": stats["approx_kl"].item(),
             "value_clip_fraction": masked_mean(((values - rollout.values[rows, :width]).abs() > spec.value_clip)
                                                .float(), mask, tokens).item()}
+
+
+def policy_and_values(backbone, batch, encoder_states: torch.Tensor | None,
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The policy's log-probs of the responses (at the sampling temperature) and the value's estimate before each
+    token, [B, R] each, from ONE forward pass: policy and value read their own copy of the rows
+    (`Backbone.per_row`). `encoder_states`: the policy's then the value's encoder outputs, [2B, P, d], or None
+    to encode the prompts here. (`lorahf plan` traces this same function.)"""
+    size = batch.response_ids.shape[0]
+    with backbone.per_row([POLICY] * size + [VALUE] * size):
+        stacked = repeat(batch, 2)
+        if encoder_states is None:
+            encoder_states = backbone.encode(stacked)
+        policy_states, value_states = backbone.decode(stacked, encoder_states).split(size)
+    logprobs = token_logprobs(backbone.lm_logits(policy_states[:, :-1]), batch.response_ids, batch.response_mask,
+                              temperature)
+    return logprobs, backbone.head(VALUE)(value_states[:, :-1]).float()
 
 
 def _step(optimizer, max_grad_norm: float | None, iteration: int) -> None:

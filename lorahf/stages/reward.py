@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lorahf import distributed
+from lorahf import distributed, roles
 from lorahf.data import collate, encode_prompts, encode_responses, preference_format
+from lorahf.scoring import score_batches
 from lorahf.training import ensure_adapter, load_stage_data, train_adapter
 
-ROLE = "reward"
+ROLE = roles.REWARD
 CENTRING_ROWS = 512  # SFT responses scored to centre the reward
 SCORE_BATCH = 64
 
@@ -64,8 +65,8 @@ def run(recipe, backbone, folder, progress) -> dict:
     # 2. Adapter: a copy of sft when there is one, and a fresh head
     torch.manual_seed(recipe.seed)
     if spec.init_from == "sft":
-        ensure_adapter(backbone, folder, "sft", needed_by="reward")
-        backbone.copy_adapter("sft", ROLE)
+        ensure_adapter(backbone, folder, roles.SFT, needed_by="reward")
+        backbone.copy_adapter(roles.SFT, ROLE)
         backbone.add_head(ROLE, likelihood=spec.likelihood_term)
     else:
         backbone.add_adapter(ROLE, recipe.lora.reward, head=True, likelihood=spec.likelihood_term)
@@ -174,13 +175,19 @@ def score_responses(backbone, groups: Groups, indices: list[int]) -> list[torch.
     return list(torch.split(scores, [len(groups.responses[i]) for i in indices]))
 
 
-@torch.no_grad()
+def score_groups(backbone, groups: Groups, batch_size: int) -> list[torch.Tensor]:
+    """Every response's score (no gradients, eval mode), split back per group: `batch_size` groups' worth of
+    responses a forward pass (as many as the largest groups hold)."""
+    sizes = [len(responses) for responses in groups.responses]
+    prompts = [prompt for prompt, size in zip(groups.prompts, sizes) for _ in range(size)]
+    responses = [response for group in groups.responses for response in group]
+    scores = score_batches(backbone, ROLE, prompts, responses, batch_size * max(sizes, default=1))
+    return list(torch.split(scores, sizes))
+
+
 def evaluate(backbone, groups: Groups, batch_size: int) -> dict:
     """Held-out pairwise accuracy (ties count half) and mean margin; Pearson/Spearman for score data."""
-    backbone.model.eval()
-    scores = []
-    for start in range(0, len(groups), batch_size):
-        scores += score_responses(backbone, groups, list(range(start, min(start + batch_size, len(groups)))))
+    scores = score_groups(backbone, groups, batch_size)
     if groups.targets is not None:
         return _regression_metrics(torch.cat(scores).cpu(), torch.tensor([t for ts in groups.targets for t in ts]))
     margins = pair_margins(scores, groups)
@@ -193,13 +200,9 @@ def pair_margins(scores: list[torch.Tensor], groups: Groups) -> torch.Tensor:
     return torch.cat([s[[b for b, _ in p]] - s[[w for _, w in p]] for s, p in zip(scores, groups.pairs) if p])
 
 
-@torch.no_grad()
 def held_out_samples(backbone, groups: Groups, rows, data_format: str, batch_size: int) -> list[dict]:
     """One row per held-out pair with its margin (the report's histogram); the texts for pairwise data."""
-    backbone.model.eval()
-    scores = []
-    for start in range(0, len(groups), batch_size):
-        scores += score_responses(backbone, groups, list(range(start, min(start + batch_size, len(groups)))))
+    scores = score_groups(backbone, groups, batch_size)
     if data_format == "score":
         return [{"prompt": p, "response": r, "score": t, "predicted": s.item()}
                 for p, r, t, s in zip(rows["prompt"], rows["response"], rows["score"], torch.cat(scores))]
@@ -248,11 +251,5 @@ def centre(backbone, data: tuple[list[list[int]], list[list[int]]]) -> float:
     prompts, responses = data
     head = backbone.head(ROLE)
     head.offset.zero_()
-    backbone.model.eval()
-    total = 0.0
-    for start in range(0, len(prompts), SCORE_BATCH):
-        batch = collate(prompts[start:start + SCORE_BATCH], responses[start:start + SCORE_BATCH],
-                        backbone.tokenizer.pad_token_id).to(backbone.device)
-        total += backbone.sequence_scores(batch).sum().item()
-    head.offset.fill_(total / len(prompts))
+    head.offset.fill_(score_batches(backbone, ROLE, prompts, responses, SCORE_BATCH).double().mean().item())
     return head.offset.item()

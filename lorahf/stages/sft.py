@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import torch
 
-from lorahf import distributed
+from lorahf import distributed, roles
 from lorahf.backbone import respond
 from lorahf.data import collate, encode_pairs
 from lorahf.judge import scoring_judges
+from lorahf.logprobs import token_logprobs
 from lorahf.metrics import rouge_l, win_rate
-from lorahf.training import LOG_EVERY, load_stage_data, mean, sequence_logprobs, train_adapter
+from lorahf.training import LOG_EVERY, load_stage_data, mean, train_adapter
 
-ROLE = "sft"
+ROLE = roles.SFT
 FINAL_EVAL_PROMPTS = 200  # held-out prompts answered at the end for the judges
 
 
@@ -76,7 +77,7 @@ def response_loss(backbone, batch, tokens: torch.Tensor | None = None) -> torch.
     """Mean negative log-likelihood of the response tokens (padding masked by length); `tokens`: divide by
     the whole batch's response tokens instead of this part's (data parallelism)."""
     logits = backbone.response_logits(batch)
-    logprobs = sequence_logprobs(logits, batch.response_ids, batch.response_mask)
+    logprobs = token_logprobs(logits, batch.response_ids, batch.response_mask)
     return -logprobs.sum() / (batch.response_mask.sum() if tokens is None else tokens)
 
 
