@@ -13,7 +13,7 @@ folder replaced, the old version moved aside and the new one not yet in place: n
 path). LORAHF_COUNT_SAVES=FILE writes the number of events to FILE when the process exits normally.
 
 LORAHF_KILL_AT_STEP=STAGE:N kills the process just after optimizer step N of an adapter-training stage (sft,
-reward: `lorahf.training.update`). LORAHF_STEPS_LOG=FILE appends "STAGE STEP" for the first step each such
+reward, dpo: `lorahf.training.update`). LORAHF_STEPS_LOG=FILE appends "STAGE STEP" for the first step each such
 stage takes in this process: a stage that resumed from a checkpoint at step C starts at C + 1, one that
 started over at 1.
 """

@@ -63,15 +63,14 @@ def stage_running(run_dir: Path, stages: list[str]) -> str:
     return "end"
 
 
-TRAINING_STAGES = ("sft", "reward")  # the stages whose steps --mode steps kills at (lorahf.training.train_adapter)
-
-
 def kill_steps(recipe, reference: Path, kills: int, rng: random.Random) -> list[tuple[str, int]]:
-    """`kills` distinct (stage, step) points among the steps the reference took in sft and reward after the
+    """`kills` distinct (stage, step) points among the steps the reference took in the training stages after the
     stage's first checkpoint, the stages taking turns (so 2 kills land one in each), in the order a run meets them."""
+    from lorahf.recipe import TrainingSpec
+
     stages = recipe.stages
     steps = {stage: json.loads((reference / "stages" / f"{stage}.json").read_text())["metrics"]["steps"]
-             for stage in stages if stage in TRAINING_STAGES}
+             for stage in stages if isinstance(getattr(recipe, stage), TrainingSpec)}  # lorahf.training.train_adapter's
     share = {stage: len(range(i, kills, len(steps))) for i, stage in enumerate(steps)}
     chosen = [(stage, step) for stage in steps
               for step in rng.sample(range(getattr(recipe, stage).checkpoint_every + 1, steps[stage]), share[stage])]

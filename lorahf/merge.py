@@ -23,6 +23,7 @@ import torch
 from lorahf import roles
 from lorahf.errors import LorahfError
 from lorahf.runs import atomic_path
+from lorahf.stages import registry
 
 CHECK_PROMPTS = 16  # held-out prompts answered by adapter and merged model
 LOGIT_TOLERANCE = 1e-4  # max |logit difference| allowed; fp32 merges measure ~1e-6 on the tiny model
@@ -140,12 +141,11 @@ def model_card(recipe, folder, adapter: str, prompts: int) -> str:
              f"| base | `{recipe.model.name}` (the run held it as {recipe.model.quantization}) |",
              f"| adapter | `{adapter}` (sha256 {_file_hash(folder.adapter_dir(adapter) / 'adapter_model.safetensors')}) |",
              f"| recipe hash | `{recipe.hash}` |", f"| prompt template | `{recipe.prompt_template}` |"]
-    for stage in ("sft", "reward", "ppo"):
-        section = getattr(recipe, stage)
-        if section is None or stage not in recipe.stages:
-            continue
-        for file in [*section.data.files, *section.data.eval_files]:
-            lines.append(f"| {stage} data | `{file}` (sha256 {_file_hash(Path(file))}) |")
+    trained = [stage for stage in registry.in_recipe(recipe) if stage.creates]  # the stages that made adapters
+    for stage in trained:
+        data = stage.data_spec(recipe)
+        for file in [*data.files, *data.eval_files] if data else []:
+            lines.append(f"| {stage.name} data | `{file}` (sha256 {_file_hash(Path(file))}) |")
     lines += ["", "## Metrics", ""]
     marker = folder.marker("evaluate")
     if marker is None:
@@ -154,11 +154,11 @@ def model_card(recipe, folder, adapter: str, prompts: int) -> str:
         lines += ["From the run's evaluation (stages/evaluate.json):", "", "| metric | value |", "|---|---|"]
         lines += [f"| {key} | {_number(value)} |" for key, value in marker.metrics.items()
                   if not isinstance(value, (dict, str, bool)) or key == "baseline"]
-    for stage in ("sft", "reward", "ppo"):
-        marker = folder.marker(stage)
+    for stage in trained:
+        marker = folder.marker(stage.name)
         if marker is not None:
             shown = {k: v for k, v in marker.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            lines += ["", f"{stage}: " + ", ".join(f"{k} {_number(v)}" for k, v in shown.items())]
+            lines += ["", f"{stage.name}: " + ", ".join(f"{k} {_number(v)}" for k, v in shown.items())]
     return "\n".join(lines) + "\n"
 
 

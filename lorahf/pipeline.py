@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from lorahf import distributed
+from lorahf import distributed, roles
 from lorahf import recipe as recipes
 from lorahf.backbone import Backbone
 from lorahf.errors import LorahfError
 from lorahf.progress import Progress
 from lorahf.report import write_report
 from lorahf.runs import RunFolder, load_run, write_text
+from lorahf.stages import registry
 
 
 @dataclass
@@ -80,8 +81,6 @@ def run(recipe: str | Path | recipes.Recipe, stage: str | None = None, from_stag
 
 
 def _run_stages(recipe, folder: RunFolder, selected: list[str], explicit: bool, progress: Progress) -> RunResult:
-    from lorahf.stages import RUNNERS
-
     result = RunResult(folder=folder)
     device = distributed.device() if distributed.world() > 1 else recipe.model.device
     backbone = Backbone.load(recipe.model.name, recipe.model.quantization, device, recipe.model.gradient_checkpointing)
@@ -98,10 +97,10 @@ def _run_stages(recipe, folder: RunFolder, selected: list[str], explicit: bool, 
                 folder.drop_metrics(name)  # starting over: the steps are logged anew
             started = time.perf_counter()
             try:
-                metrics = RUNNERS[name](recipe, backbone, folder, progress)
+                metrics = registry.get(name).run(recipe, backbone, folder, progress)
             except (MemoryError, torch.OutOfMemoryError):
                 raise LorahfError(f"{name}: out of memory on the {backbone.device.type}; the last saved outputs are "
-                                  "kept", hint=MEMORY_HINTS[name]) from None
+                                  "kept", hint=registry.get(name).memory_hint) from None
             folder.mark_done(name, stage_hash, metrics, time.perf_counter() - started)
             shutil.rmtree(folder.checkpoint_dir(name), ignore_errors=True)  # the marker supersedes it
             result.ran.append(name)
@@ -110,15 +109,6 @@ def _run_stages(recipe, folder: RunFolder, selected: list[str], explicit: bool, 
     finally:
         backbone.close()
     return result
-
-
-MEMORY_HINTS = {
-    "sft": "lower sft.batch_size, max_prompt_tokens or max_response_tokens, or set model.gradient_checkpointing: true",
-    "reward": "lower reward.batch_size or max_response_tokens, or set model.gradient_checkpointing: true",
-    "ppo": "set ppo.micro_batch_size (e.g. 2), or lower ppo.minibatch_size or ppo.batch_size",
-    "evaluate": "lower evaluate.batch_size",
-}
-"""What to lower when a stage runs out of memory (torch.OutOfMemoryError on a GPU, MemoryError on the CPU)."""
 
 
 def stale_stages(recipe: recipes.Recipe, folder: RunFolder, selected: list[str]) -> list[str]:
@@ -202,13 +192,15 @@ def preflight(recipe: recipes.Recipe, folder: RunFolder, selected: list[str], ex
                           hint="pip install 'lorahf[tensorboard]', or remove tensorboard from report_to")
     will_run = [name for name in selected if explicit or not folder.is_done(name, recipe.stage_hash(name))]
     for name in will_run:
-        section = getattr(recipe, name)
-        spec = section.data if section.data is not None else (recipe.ppo.data if recipe.ppo else None)
+        record = registry.get(name)
+        spec = record.data_spec(recipe)
         if spec is None:
             continue
         for files, others in ((spec.files, spec.eval_files), (spec.eval_files, spec.files)):
             if files:
-                data.load_rows(files, STAGE_DATA_SHAPES[name], spec.columns, also=others)
+                rows = data.load_rows(files, record.data, spec.columns, also=others)
+                if record.layouts:
+                    record.check_layout(data.preference_format(rows), files)
     if will_run:
         for judge in recipe.judges.values():
             if judge.python:
@@ -238,17 +230,14 @@ def ensure_base(recipe: recipes.Recipe, progress: Progress) -> None:
 def check_shares(recipe: recipes.Recipe, selected: list[str], processes: int) -> None:
     """Data parallelism splits every training batch between the processes: each must get rows, and PPO's
     batches and minibatches must split evenly (each process takes the same number of minibatch steps)."""
-    sizes = [(f"{name}.batch_size", getattr(recipe, name).batch_size) for name in selected if name in ("sft", "reward")]
+    sizes = [(f"{name}.batch_size", getattr(recipe, name).batch_size) for name in selected
+             if isinstance(getattr(recipe, name), recipes.TrainingSpec)]
     if "ppo" in selected:
         sizes += [("ppo.batch_size", recipe.ppo.batch_size), ("ppo.minibatch_size", recipe.ppo.minibatch_size)]
     for key, size in sizes:
         if size < processes or (key.startswith("ppo.") and size % processes):
             raise LorahfError(f"{key} ({size}) does not split between the {processes} processes that share each batch",
                               hint=f"set {key} to a multiple of {processes}")
-
-STAGE_DATA_SHAPES = {"sft": "sft", "reward": "preference", "ppo": "prompts", "evaluate": "prompts"}
-"""The shape of data each stage reads (see lorahf.data.SHAPES)."""
-
 
 def describe(recipe: recipes.Recipe, read_data: bool = True) -> list[tuple[str, str, str]]:
     """One row per part of the run (stage, what runs, data), checking each stage's data on the way."""
@@ -258,26 +247,20 @@ def describe(recipe: recipes.Recipe, read_data: bool = True) -> list[tuple[str, 
         f" (built on the first run from {recipe.model.make_tiny_from})"
     rows = [("model", f"{recipe.model.name}, {recipe.model.quantization}{built}", "")]
     folder = RunFolder(recipe.run_dir)
-    for name in recipe.stages:
-        section = getattr(recipe, name)
-        status = " [done]" if folder.is_done(name, recipe.stage_hash(name)) else ""
-        if name == "evaluate":
-            what = (f"{', '.join(section.adapters or ['sft', 'policy'])} on {section.max_prompts} held-out prompts, "
-                    f"judges: {', '.join(section.judges or ['reward', *recipe.judges])}" + status)
-            if section.data is None:
-                rows.append((name, what, "the ppo stage's held-out prompts"))
-                continue
-        elif name == "ppo":
-            what = (f"lr {section.policy_learning_rate:g} (value {section.value_learning_rate:g}), "
-                    f"{section.iterations} iterations of {section.batch_size} prompts, beta {section.beta:g}" + status)
-        else:
-            what = (f"lr {section.learning_rate:g}, batch {section.batch_size}, epochs {section.epochs:g}"
-                    + (f", max {section.max_steps} steps" if section.max_steps else "") + status)
-        files = section.data.files
-        summary = ", ".join(files)
+    for record in registry.in_recipe(recipe):
+        name = record.name
+        what = record.function("describe")(recipe)
+        what += " [done]" if folder.is_done(name, recipe.stage_hash(name)) else ""
+        spec = record.data_spec(recipe)
+        own = getattr(recipe, name).data is not None
+        if spec is None or not own:
+            source = next((s for s in record.data_from if getattr(recipe, s) is not None), None)
+            words = {"prompts": "held-out prompts", "preference": "preferences"}.get(record.data, "data")
+            rows.append((name, what, f"the {source} stage's {words}" if source else ""))
+            continue
+        summary = ", ".join(spec.files)
         if read_data:
-            rows_loaded = data.load_rows(files, STAGE_DATA_SHAPES[name], section.data.columns,
-                                         also=section.data.eval_files)
+            rows_loaded = data.load_rows(spec.files, record.data, spec.columns, also=spec.eval_files)
             summary = f"{len(rows_loaded)} rows from {summary}"
         rows.append((name, what, summary))
     return rows
@@ -301,28 +284,29 @@ def judge(run_dir: str | Path, judge_name: str, a: str, b: str, n: int, out: str
           progress: Progress | None = None) -> dict[str, int]:
     """Put `n` held-out prompts' answers by adapters `a` and `b` in front of a judge (a person too), appending
     each verdict to the preference file `out`; items judged there already are skipped, so it resumes."""
+    from lorahf.compare import compare_adapters, held_out_prompts
+    from lorahf.judge import REWARD as REWARD_JUDGE
     from lorahf.judge import PreferenceFile, build_judges
-    from lorahf.stages.evaluate import answer_prompts, held_out_prompts
+    from lorahf.stages.evaluate import sampling, scorer
     from lorahf.training import ensure_adapter
 
     progress = progress or Progress()
     recipe = load_run(run_dir)
     folder = RunFolder(recipe.run_dir)
-    if judge_name != "reward" and judge_name not in recipe.judges:  # before the model loads
+    if judge_name != REWARD_JUDGE and judge_name not in recipe.judges:  # before the model loads
         raise LorahfError(f"{run_dir}: no judge named {judge_name} (available: {', '.join(['reward', *recipe.judges])})",
                           hint="judges come from the recipe's `judges:`; `reward` needs a trained reward stage")
     out = PreferenceFile(out)
     backbone = Backbone.load(recipe.model.name, recipe.model.quantization, recipe.model.device)
     try:
-        for role in dict.fromkeys((a, b, "reward" if judge_name == "reward" else a)):
+        for role in dict.fromkeys((a, b, roles.REWARD if judge_name == REWARD_JUDGE else a)):
             ensure_adapter(backbone, folder, role, needed_by="judge")
         chosen = build_judges(recipe, backbone, names=[judge_name], interactive=True)[judge_name]
         prompts = held_out_prompts(recipe, n, backbone.tokenizer)
-        with progress.task(f"answers by {a} and {b}", total=2) as bar:
-            texts = {}
-            for role in (a, b):
-                texts[role] = answer_prompts(backbone, recipe, role, prompts)["texts"]
-                bar.advance()
+        with progress.task(f"answers by {a} and {b}", total=2) as bar:  # judged below: a person may be the judge
+            found = compare_adapters(backbone, prompts, [a, b], {}, sampling(recipe), scorer(backbone),
+                                     on_answered=lambda role: bar.advance())
+        texts = {role: found.answers[role]["texts"] for role in (a, b)}
         items = [{"prompt": p, "a": x, "b": y, "a_by": a, "b_by": b}
                  for p, x, y in zip(prompts.texts, texts[a], texts[b])]
         if chosen.interactive:

@@ -28,6 +28,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from lorahf.errors import LorahfError
+from lorahf.roles import REWARD, lora_settings_of
+from lorahf.stages import registry
 
 GIB = 2 ** 30
 INT8_LINEAR = ("q", "k", "v", "o", "wi", "wi_0", "wi_1")  # T5 block linears bitsandbytes quantizes (not wo)
@@ -61,26 +63,10 @@ def plan(recipe, device: str = "cuda", padded: bool = True, exact: bool = False)
 
     plans = []
     for stage in recipe.stages:
-        parts = {"base": base}
-        roles = ROLES_BY_STAGE[stage]
-        parts["adapters"] = sum(shape.lora_bytes(getattr(recipe.lora, LORA_OF[role])) for role in roles)
-        if stage == "sft":
-            parts["step"] = traced(lambda s: s.trace_sft(recipe, recipe.sft.batch_size))
-        elif stage == "reward":
-            # a batch of pairwise preferences holds 2 sequences a row (the data's shape is known only once its
-            # files are read: a K-way ranking holds K, a score 1)
-            parts["step"] = traced(lambda s: s.trace_reward(recipe, recipe.reward.batch_size * 2))
-        elif stage == "ppo":
-            spec = recipe.ppo
-            micro = spec.micro_batch_size or spec.minibatch_size
-            rollout = shape.rollout_bytes(spec.batch_size, recipe.max_prompt_tokens, recipe.max_response_tokens,
-                                          keep_encoder_states=not spec.train_encoder, keep_logits=True)
-            update = traced(lambda s: s.trace_ppo_update(recipe, micro, spec.batch_size))
-            parts["rollout" if rollout >= update else "step"] = max(rollout, update)
-        elif stage == "evaluate":
-            batch = min(recipe.evaluate.batch_size, recipe.evaluate.max_prompts)
-            parts["rollout"] = shape.rollout_bytes(batch, recipe.max_prompt_tokens, recipe.max_response_tokens,
-                                                   keep_encoder_states=False, keep_logits=True)
+        parts = {"base": base,
+                 "adapters": sum(shape.lora_bytes(getattr(recipe.lora, lora_settings_of(role)))
+                                 for role in registry.held_roles(recipe, stage))}
+        parts.update(registry.get(stage).function("plan_memory")(shape, recipe, traced))
         plans.append(StageMemory(stage, parts))
     return plans
 
@@ -150,11 +136,6 @@ def model_config(name: str, make_tiny_from: str | None = None):
                             pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
         raise LorahfError(f"{name}: cannot read the model's config ({str(error).splitlines()[0]})",
                           hint="give a local folder, or a hub id whose config is in the cache") from None
-
-
-ROLES_BY_STAGE = {"sft": ("sft",), "reward": ("sft", "reward"), "ppo": ("sft", "reward", "policy", "value"),
-                  "evaluate": ("sft", "reward", "policy", "value")}
-LORA_OF = {"sft": "sft", "policy": "sft", "reward": "reward", "value": "reward"}  # policy copies sft, value reward
 
 
 # ----------------------------------------------------------------------------------------- weights
@@ -236,9 +217,9 @@ class Shape:
         backbone = Backbone(model, _Tokens(), recipe.model.name, "none", torch.device("meta"))
         with torch.device("meta"):
             for role in roles:
-                backbone.add_adapter(role, getattr(recipe.lora, LORA_OF[role]))
+                backbone.add_adapter(role, getattr(recipe.lora, lora_settings_of(role)))
         for role in heads:
-            likelihood = role == "reward" and getattr(getattr(recipe, "reward", None), "likelihood_term", False)
+            likelihood = role == REWARD and getattr(getattr(recipe, "reward", None), "likelihood_term", False)
             head = ScalarHead(self.config.d_model).to("meta")
             head._buffers.update(offset=torch.zeros(()), likelihood=torch.tensor(likelihood))  # read as numbers
             backbone.heads[role] = head
@@ -252,33 +233,33 @@ class Shape:
         finally:
             torch.nn.functional.dropout = dropout
 
+    def trace_step(self, recipe, role: str, loss, head: bool = False) -> int:
+        """One training step of `role`'s adapter (and head), in train mode: `loss(backbone)` is the stage's own
+        loss function on a batch it builds, traced through its backward pass and AdamW's states."""
+        with self.backbone(recipe, (role,), heads=(role,) if head else ()) as backbone:
+            backbone.use(role).set_trainable(role)
+            parameters = backbone.parameters(role)
+            backbone.model.train()
+            return _peak(lambda: _train_step(loss(backbone), parameters))
+
     def trace_sft(self, recipe, batch_size: int) -> int:
         """One SFT step: the stage's own loss (`sft.response_loss`)."""
         from lorahf.roles import SFT
         from lorahf.stages.sft import response_loss
 
-        with self.backbone(recipe, (SFT,)) as backbone:
-            backbone.use(SFT).set_trainable(SFT)
-            parameters = backbone.parameters(SFT)
-            backbone.model.train()
-            batch = self.batch(batch_size, recipe.max_prompt_tokens, recipe.max_response_tokens)
-            return _peak(lambda: _train_step(response_loss(backbone, batch), parameters))
+        batch = self.batch(batch_size, recipe.max_prompt_tokens, recipe.max_response_tokens)
+        return self.trace_step(recipe, SFT, lambda backbone: response_loss(backbone, batch))
 
     def trace_reward(self, recipe, sequences: int) -> int:
         """One reward step on `sequences` responses, two to a prompt (pairwise preferences): the stage's own
         scoring and loss (`reward.score_responses`, `reward.group_loss`), the batch collated inside as there."""
-        from lorahf.roles import REWARD
         from lorahf.stages.reward import Groups, group_loss, score_responses
 
-        with self.backbone(recipe, (REWARD,), heads=(REWARD,)) as backbone:
-            backbone.use(REWARD).set_trainable(REWARD)
-            parameters = backbone.parameters(REWARD) + backbone.head(REWARD).trainable_parameters()
-            backbone.model.train()
-            prompts = sequences // 2
-            groups = Groups([[0] * recipe.max_prompt_tokens] * prompts,
-                            [[[0] * recipe.max_response_tokens] * 2] * prompts, [[(0, 1)]] * prompts)
-            return _peak(lambda: _train_step(group_loss(score_responses(backbone, groups, list(range(prompts))),
-                                                        groups.pairs, recipe.reward.margin), parameters))
+        prompts = sequences // 2
+        groups = Groups([[0] * recipe.max_prompt_tokens] * prompts,
+                        [[[0] * recipe.max_response_tokens] * 2] * prompts, [[(0, 1)]] * prompts)
+        return self.trace_step(recipe, REWARD, lambda backbone: group_loss(
+            score_responses(backbone, groups, list(range(prompts))), groups.pairs, recipe.reward.margin), head=True)
 
     def trace_ppo_update(self, recipe, rows: int, batch_size: int) -> int:
         """One micro-batch of the PPO update (policy and value rows in one pass, encoder outputs reused: the
@@ -317,8 +298,8 @@ class Shape:
 
         recipe = SimpleNamespace(model=SimpleNamespace(name="plan", gradient_checkpointing=False),
                                  lora=SimpleNamespace(reward=_PlainLora()))
-        with self.backbone(recipe, ("reward",), heads=("reward",)) as backbone:
-            backbone.use("reward").model.eval()
+        with self.backbone(recipe, (REWARD,), heads=(REWARD,)) as backbone:
+            backbone.use(REWARD).model.eval()
             data = self.batch(batch, prompt, response)
 
             def read():
@@ -492,24 +473,12 @@ def parse_memory(text: str) -> int:
     return int(number * scale)
 
 
-# What to lower, per stage, in the order worth trying: (recipe key, how to change it)
-LEVERS = {
-    "sft": [("model.gradient_checkpointing", "on"), ("sft.batch_size", "halve"), ("max_prompt_tokens", "shorten"),
-            ("model.quantization", "4bit")],
-    "reward": [("model.gradient_checkpointing", "on"), ("reward.batch_size", "halve"), ("max_prompt_tokens", "shorten"),
-               ("model.quantization", "4bit")],
-    "ppo": [("ppo.micro_batch_size", "halve"), ("ppo.batch_size", "halve"), ("max_prompt_tokens", "shorten"),
-            ("model.quantization", "4bit")],
-    "evaluate": [("evaluate.batch_size", "halve"), ("model.quantization", "4bit")],
-}
-
-
 def advise(recipe, stage: StageMemory, budget: int, device: str = "cuda", padded: bool = True) -> str | None:
     """The first single setting that makes `stage` fit `budget` (see `needed`), as 'key: value (-> X GiB)'."""
     from lorahf import recipe as recipes
 
     raw = recipe.model_dump(mode="json")
-    for key, how in LEVERS[stage.stage]:
+    for key, how in registry.get(stage.stage).levers:
         for value in _candidates(raw, key, how):
             changed = _with(raw, key, value)
             if changed["stages"] != [stage.stage]:

@@ -15,15 +15,13 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lorahf import roles
 from lorahf.errors import RecipeError
-
-STAGES = ("sft", "reward", "ppo", "evaluate")
-"""The stages a recipe may list, in the only order they can run."""
 
 T5_LINEAR_LAYERS = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
 
@@ -232,6 +230,43 @@ class PPOStage(Section):
     """Run even when the reward stage's quality gate failed (its held-out accuracy was below reward.min_accuracy)."""
 
 
+class DPOStage(TrainingSpec):
+    """Direct preference optimisation and its family (Rafailov et al. 2023): the policy learns from preference
+    pairs directly, with `sft` on the same base as its frozen reference: no reward model, no rollouts, no second
+    model. The policy adapter starts as a copy of `sft`; the reference's log-probs of every pair are computed
+    once, before the first step."""
+
+    data: DataSpec | None = None
+    """Preferences: (prompt, chosen, rejected), or (prompt, responses, ranking) expanded to every ordered pair
+    (scores say how good an answer is, not which of two is better: not read). None: the reward section's data."""
+    loss: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo"] = "sigmoid"
+    """With h = the policy's log-ratio of chosen over rejected minus the reference's: sigmoid is DPO, -log σ(β·h);
+    ipo (β·h - 1/2)² / β², which stops pushing pairs it already gets right; hinge max(0, 1 - β·h) (SLiC). orpo and
+    simpo read no reference: ORPO adds an odds-ratio term to the chosen answers' likelihood, SimPO compares the
+    two answers' mean log-prob per token."""
+    beta: float = Field(0.1, gt=0)
+    """How strongly the policy is held to the reference (DPO's KL coefficient; 0.1 in its paper); ORPO: the weight
+    of its odds-ratio term (0.1 in its paper); SimPO: the scale of its rewards (2 to 2.5 in its paper)."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """The share of pairs taken to be mislabelled (conservative DPO; sigmoid and simpo): 0 trusts every label."""
+    target_margin: float = Field(0.5, ge=0)
+    """SimPO's gamma: the margin by which the chosen answer's reward must beat the rejected one's."""
+    adapter: str = "policy"
+    """The adapter written: `policy` (what evaluate, merge and generate use by default); another name, e.g. dpo,
+    lets a recipe run ppo as well and evaluate compare the two."""
+    batch_size: int = Field(16, ge=1)
+    """Preference pairs per optimizer step."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training pairs; DPO fits preferences fast, one to three is usual."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps, whatever `epochs` says."""
+    eval_every: int = Field(100, ge=1)
+    """Held-out loss, accuracy and log-probs every N steps; the adapter with the best held-out loss is kept."""
+    chosen_logprob_alarm: float = Field(0.5, gt=0)
+    """Alarm when the held-out chosen answers' mean log-prob per token falls this far (nats) below sft's: DPO's
+    known failure, pushing chosen and rejected answers down together while their margin grows."""
+
+
 class EvaluateStage(Section):
     """Answers of each adapter on held-out prompts, measured against references and compared by judges."""
     data: DataSpec | None = None
@@ -300,6 +335,16 @@ class JudgeSpec(Section):
 
 
 # ------------------------------------------------------------------------------------------- recipe
+def _known_stage(name: str) -> str:
+    from lorahf.stages.registry import NAMES
+
+    if name not in NAMES:
+        guess = _did_you_mean(name, list(NAMES))
+        raise ValueError(f"must be one of {', '.join(NAMES)}, not {name!r}"
+                         + (f" (did you mean '{guess}'?)" if guess else ""))
+    return name
+
+
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     """Name of the run; its folder is output_dir/name."""
@@ -319,8 +364,10 @@ class Recipe(Section):
     """Longer prompts are truncated (and counted in the data summary)."""
     max_response_tokens: int = Field(64, ge=2)
     """Longer responses are truncated (and counted); also the generation limit."""
-    stages: list[Literal["sft", "reward", "ppo", "evaluate"]] = Field(default_factory=lambda: list(STAGES))
-    """Stages to run, in order."""
+    stages: list[Annotated[str, AfterValidator(_known_stage)]] = Field(
+        default_factory=lambda: ["sft", "reward", "ppo", "evaluate"])
+    """Stages to run, in the order sft, reward, ppo, dpo, evaluate (each needs its section below); ppo and dpo both
+    optimise a policy: run one, or both with `dpo.adapter` set to compare them."""
     judges: dict[str, JudgeSpec] = Field(default_factory=dict)
     """Named judges (python, llm or human) that compare responses; `reward`, the trained reward model, is built in."""
     sft: SFTStage | None = None
@@ -329,6 +376,8 @@ class Recipe(Section):
     """Reward model: the `reward` adapter plus a scalar head."""
     ppo: PPOStage | None = None
     """PPO: the `policy` and `value` adapters, trained against the frozen `reward` with a KL penalty to `sft`."""
+    dpo: DPOStage | None = None
+    """DPO and its family: the `policy` adapter trained on preference pairs against `sft`, no reward model, no rollouts."""
     evaluate: EvaluateStage | None = None
     """Evaluation: ROUGE, BLEU, METEOR, reward, KL and judged win rates of the adapters on held-out prompts."""
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list)
@@ -350,21 +399,45 @@ class Recipe(Section):
         """A hash of everything that decides what `stage` produces, its upstream stages included.
 
         A finished stage is skipped only when its marker holds this same hash."""
+        from lorahf.stages.registry import get
+
+        record = get(stage)
         shared = self.model_dump(mode="json", include=set(SHARED_KEYS))
-        parts = {"shared": shared, "lora": [self.lora.model_dump(mode="json")[role] for role in LORA_ROLES[stage]],
+        parts = {"shared": shared, "lora": [self.lora.model_dump(mode="json")[role] for role in record.lora_roles],
                  "stage": getattr(self, stage).model_dump(mode="json"),
-                 **({"judges": self.model_dump(mode="json")["judges"]} if stage == "evaluate" else {}),
-                 "upstream": [self.stage_hash(up) for up in UPSTREAM[stage] if up in self.stages]}
+                 **({"judges": self.model_dump(mode="json")["judges"]} if record.hashes_judges else {}),
+                 "upstream": [self.stage_hash(up) for up in record.needs if up in self.stages]}
+        if borrowed := self._borrowed_data(stage):
+            parts["data"] = getattr(self, borrowed).data.model_dump(mode="json")
         return _hash(parts)
 
     def stage_inputs(self, stage: str) -> set[str]:
         """The recipe keys (dotted paths) that `stage_hash(stage)` reads, its upstream stages' included."""
-        keys = {*SHARED_KEYS, *(f"lora.{role}" for role in LORA_ROLES[stage]), stage,
-                *(["judges"] if stage == "evaluate" else [])}
-        for up in UPSTREAM[stage]:
+        from lorahf.stages.registry import get
+
+        record = get(stage)
+        keys = {*SHARED_KEYS, *(f"lora.{role}" for role in record.lora_roles), stage,
+                *(["judges"] if record.hashes_judges else [])}
+        if borrowed := self._borrowed_data(stage):
+            keys.add(f"{borrowed}.data")
+        for up in record.needs:
             if up in self.stages:
                 keys |= self.stage_inputs(up)
         return keys
+
+    def _borrowed_data(self, stage: str) -> str | None:
+        """The section whose data `stage` reads when that section's stage is not upstream of it (dpo reading the
+        reward section's preferences): its data is then part of `stage`'s hash. None otherwise."""
+        from lorahf.stages.registry import get
+
+        record = get(stage)
+        if getattr(getattr(self, stage), "data", None) is not None:
+            return None
+        for source in record.data_from:
+            section = getattr(self, source)
+            if section is not None and section.data is not None:
+                return None if source in record.needs and source in self.stages else source
+        return None
 
     @property
     def hash(self) -> str:
@@ -372,12 +445,8 @@ class Recipe(Section):
         return _hash(self.model_dump(mode="json", exclude={"name", "output_dir"}))
 
 
-UPSTREAM = {"sft": [], "reward": ["sft"], "ppo": ["sft", "reward"], "evaluate": ["sft", "reward", "ppo"]}
-"""Which stages' outputs each stage starts from."""
 SHARED_KEYS = ("seed", "model", "prompt_template", "max_prompt_tokens", "max_response_tokens")
 """Recipe keys every stage's outputs depend on."""
-LORA_ROLES = {"sft": ["sft"], "reward": ["reward"], "ppo": ["sft", "reward"], "evaluate": []}
-"""Whose `lora:` settings decide each stage's outputs (ppo's policy and value copy sft's and reward's)."""
 
 
 def _hash(obj: Any) -> str:
@@ -443,11 +512,13 @@ def validate(raw: dict, source: str = "recipe", lines: dict[str, int] | None = N
 
 def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
     """Problems no single field can see: a listed stage without its section, stages out of order."""
+    from lorahf.stages.registry import NAMES, policy_adapters
+
     found = []
     for stage in recipe.stages:
         if getattr(recipe, stage) is None:
             found.append(("stages", f"lists '{stage}' but the recipe has no `{stage}:` section"))
-    order = [s for s in STAGES if s in recipe.stages]
+    order = [s for s in NAMES if s in recipe.stages]
     if recipe.stages != order:
         found.append(("stages", f"must run in the order {order}, not {recipe.stages}"))
     if len(set(recipe.stages)) != len(recipe.stages):
@@ -474,6 +545,18 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
             people = [name for name in evaluate.judges if name in recipe.judges and recipe.judges[name].human]
             if people:
                 found.append(("evaluate.judges", f"{', '.join(people)} is a person: judge with `lorahf judge RUN` instead"))
+    dpo = recipe.dpo
+    if dpo is not None:
+        if dpo.data is None and (recipe.reward is None or recipe.reward.data is None):
+            found.append(("dpo.data", "is needed when the recipe has no reward section to take preferences from"))
+        if dpo.adapter in (roles.SFT, *roles.SCORING, roles.POLICY_LAST) or "." in dpo.adapter or "/" in dpo.adapter:
+            found.append(("dpo.adapter", f"{dpo.adapter!r} is taken or not an adapter name: use policy, or a new name "
+                                         "such as dpo"))
+    if all(getattr(recipe, name) is not None for name in recipe.stages):
+        written = policy_adapters(recipe)
+        for name in {a for a in written if written.count(a) > 1}:
+            found.append(("dpo.adapter", f"ppo writes adapters/{name} too: set dpo.adapter to another name (e.g. "
+                                         "dpo) to run both and compare them"))
     ppo = recipe.ppo
     if ppo is not None:
         if ppo.batch_size % ppo.minibatch_size:
@@ -608,6 +691,7 @@ def reference() -> str:
 def _type_name(annotation: Any) -> str:
     text = repr(annotation) if not isinstance(annotation, type) else annotation.__name__
     text = re.sub(r"typing\.|lorahf\.recipe\.|<class '|'>", "", text)
+    text = re.sub(r"Annotated\[(\w+), [^\]]*\]", r"\1", text)  # a validated str is a str to the reader
     text = text.replace("Literal[", "one of [").replace("NoneType", "null").replace("Optional[", "null | [")
     return text.replace("|", "\\|")
 

@@ -44,16 +44,18 @@ class LoopState:
 
 
 def train_adapter(stage: str, spec, recipe, backbone, folder, progress, *, rows: int, lengths: list[int] | None,
-                  loss: Callable[[list[int]], tuple[torch.Tensor, int]], check: Callable[[int], dict],
-                  criterion: str, maximize: bool = False) -> LoopState:
-    """Train the adapter named `stage` (already added, trainable and in use) and leave the best one in use.
+                  loss: Callable[[list[int]], tuple], check: Callable[[int], dict],
+                  criterion: str, maximize: bool = False, role: str | None = None) -> LoopState:
+    """Train the adapter `role` (default: named as the stage; already added, trainable and in use) and leave the
+    best one in use.
 
-    `loss(indices)` -> (the loss of these rows, their tokens); `check(step)` -> the held-out numbers (logged
-    as eval_*), of which `criterion` picks the best adapter (lower is better unless `maximize`). The best
-    adapter is written to the run folder at once, so a kill never loses it."""
-    role = stage
+    `loss(indices)` -> (the loss of these rows, their tokens) or (loss, tokens, {name: number}), numbers logged
+    as their mean over the steps of each log line; `check(step)` -> the held-out numbers (logged as eval_*), of
+    which `criterion` picks the best adapter (lower is better unless `maximize`). The best adapter is written to
+    the run folder at once, so a kill never loses it."""
+    role = role or stage
     stage_hash = recipe.stage_hash(stage)
-    saved = read_checkpoint(stage, backbone, folder, stage_hash, progress)  # its adapter is loaded, if any
+    saved = read_checkpoint(stage, backbone, folder, stage_hash, progress, role)  # its adapter is loaded, if any
     parameters = backbone.parameters(role)
     steps = step_plan(rows, spec.batch_size, spec.epochs, spec.max_steps)
     optimizer, scheduler = make_optimizer(parameters, spec, steps)
@@ -67,6 +69,7 @@ def train_adapter(stage: str, spec, recipe, backbone, folder, progress, *, rows:
         backbone.save_adapter(role, folder.adapter_dir(role))
     throughput = Throughput()
     tokens_per_s = 0.0
+    logged: list[dict] = []  # each step's own numbers since the last log line
     with progress.task(stage, total=steps) as bar:
         bar.advance(state.step)
         for step, indices in index_batches(rows, spec.batch_size, steps, recipe.seed, lengths):
@@ -75,8 +78,9 @@ def train_adapter(stage: str, spec, recipe, backbone, folder, progress, *, rows:
             if step <= state.step:
                 continue  # done before the checkpoint this run resumed from
             backbone.model.train()
-            step_loss, tokens = loss(distributed.share(indices))  # this process's rows (all of them in one)
+            step_loss, tokens, *numbers = loss(distributed.share(indices))  # this process's rows (all in one)
             update(step_loss, optimizer, scheduler, parameters, spec.max_grad_norm, stage, step)
+            logged.append(numbers[0] if numbers else {})
             state.step = step
             state.losses.append(distributed.total(step_loss.detach()).item())
             throughput.add(tokens)
@@ -92,9 +96,11 @@ def train_adapter(stage: str, spec, recipe, backbone, folder, progress, *, rows:
             if step % LOG_EVERY == 0 or state.finished:
                 tokens_per_s = throughput.per_second()
                 folder.log_metrics(stage, step, {"loss": mean(state.losses[-LOG_EVERY:]),
-                                                 "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s})
+                                                 "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
+                                                 **{name: mean(n[name] for n in logged) for name in logged[-1]}})
+                logged = []
             if state.finished or step % spec.checkpoint_every == 0:
-                save_checkpoint(stage, backbone, folder, state, optimizer, scheduler, stage_hash)
+                save_checkpoint(stage, backbone, folder, state, optimizer, scheduler, stage_hash, role)
             bar.advance(loss=state.losses[-1], best=state.best[criterion], tok_s=round(tokens_per_s))
     if state.stopped_early:
         progress.note(f"{stage}: stopped at step {state.step} of {steps}: no better held-out {criterion} in "
@@ -111,7 +117,8 @@ def _checked(check: Callable[[int], dict], folder, stage: str, step: int) -> dic
     return found
 
 
-def save_checkpoint(stage: str, backbone, folder, state: LoopState, optimizer, scheduler, stage_hash: str) -> None:
+def save_checkpoint(stage: str, backbone, folder, state: LoopState, optimizer, scheduler, stage_hash: str,
+                    role: str | None = None) -> None:
     """The adapter being trained (and its head), the optimizer, the schedule, the random state and the loop's
     state, in one atomic folder (written by the first process; every process calls this)."""
     if not distributed.is_main():
@@ -120,7 +127,7 @@ def save_checkpoint(stage: str, backbone, folder, state: LoopState, optimizer, s
     try:
         with atomic_path(folder.checkpoint_dir(stage)) as temp:
             temp.mkdir()
-            backbone.write_adapter(stage, temp / stage)
+            backbone.write_adapter(role or stage, temp / (role or stage))
             torch.save({"stage_hash": stage_hash, "state": asdict(state), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -129,7 +136,7 @@ def save_checkpoint(stage: str, backbone, folder, state: LoopState, optimizer, s
         distributed.barrier()
 
 
-def read_checkpoint(stage: str, backbone, folder, stage_hash: str, progress) -> dict | None:
+def read_checkpoint(stage: str, backbone, folder, stage_hash: str, progress, role: str | None = None) -> dict | None:
     """The last checkpoint of this same stage (same hash), its adapter loaded in place of the fresh one (and in
     use, trainable); None when there is none."""
     path = folder.checkpoint_dir(stage)
@@ -140,9 +147,10 @@ def read_checkpoint(stage: str, backbone, folder, stage_hash: str, progress) -> 
         progress.note(f"[yellow]{stage}: the checkpoint was made with another recipe; starting over[/yellow]")
         folder.drop_metrics(stage)
         return None
-    backbone.load_adapter(stage, path / stage)
-    backbone.set_trainable(stage)
-    backbone.use(stage)
+    role = role or stage
+    backbone.load_adapter(role, path / role)
+    backbone.set_trainable(role)
+    backbone.use(role)
     progress.note(f"{stage}: resuming after step {saved['state']['step']} from {path}")
     return saved
 
@@ -255,6 +263,12 @@ def mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def describe_training(spec) -> str:
+    """A training stage's settings in one line (lorahf plan)."""
+    return (f"lr {spec.learning_rate:g}, batch {spec.batch_size}, epochs {spec.epochs:g}"
+            + (f", max {spec.max_steps} steps" if spec.max_steps else ""))
+
+
 def load_stage_data(spec, shape: str, seed: int):
     """A stage's (train, held-out) rows: its files, checked, split from the seed or from eval_files."""
     from lorahf.data import load_rows, split
@@ -286,8 +300,10 @@ def ensure_adapter(backbone, folder, role: str, needed_by: str) -> None:
     if backbone.has_adapter(role):
         return
     if not folder.adapter_dir(role).is_dir():
-        stage = {"policy": "ppo", "value": "ppo"}.get(role, role)
+        from lorahf.stages.registry import STAGES
+
+        writers = [stage.name for stage in STAGES if role in stage.creates]
         raise LorahfError(f"{needed_by} needs the '{role}' adapter, but {folder.adapter_dir(role)} does not exist",
-                          hint=f"the {stage} stage writes it: lorahf run RECIPE --stage {stage}"
-                          if stage in ("sft", "reward", "ppo") else "name an adapter this run has trained")
+                          hint=f"the {' or '.join(writers)} stage writes it: lorahf run RECIPE --stage {writers[0]}"
+                          if writers else "name an adapter this run has trained")
     backbone.load_adapter(role, folder.adapter_dir(role))

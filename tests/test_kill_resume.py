@@ -31,16 +31,18 @@ def test_kills_at_random_moments_and_inside_saves_end_where_an_unbroken_run_does
     assert sum("(save" in where for where in result["landed_in"]) == 2, result  # two of them inside saves
 
 
-def test_kills_inside_sft_and_reward_resume_from_their_last_checkpoint(tmp_path, tiny_model_dir):
-    """Two SIGKILLs just after random optimizer steps of sft and reward: each next start takes the stage up at its
-    last checkpoint's next step (not at step 1), and the run ends with the unbroken run's metrics, bit for bit."""
-    raw = tiny_run_recipe(tmp_path, tiny_model_dir, "stepped", ["sft", "reward"], sft_steps=16,
-                          reward=tiny_reward_section(max_steps=12, eval_every=4))
+def test_kills_inside_sft_reward_and_dpo_resume_from_their_last_checkpoint(tmp_path, tiny_model_dir):
+    """Three SIGKILLs just after random optimizer steps of sft, reward and dpo: each next start takes the stage up at
+    its last checkpoint's next step (not at step 1), and the run ends with the unbroken run's metrics, bit for bit."""
+    raw = tiny_run_recipe(tmp_path, tiny_model_dir, "stepped", ["sft", "reward", "dpo"], sft_steps=16,
+                          reward=tiny_reward_section(max_steps=12, eval_every=4),
+                          dpo={"max_steps": 12, "eval_every": 4, "checkpoint_every": 5, "patience": None,
+                               "batch_size": 8})
     raw["sft"].update(eval_every=4, checkpoint_every=5)
     raw["reward"].update(checkpoint_every=5, patience=None)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
-    result = _harness().main(["--recipe", "recipe.yaml", "--kills", "2", "--mode", "steps", "--seed", "1",
+    result = _harness().main(["--recipe", "recipe.yaml", "--kills", "3", "--mode", "steps", "--seed", "1",
                               "--tolerance", "0", "--cwd", str(tmp_path)])
-    assert result["kills"] == 2 and result["problems"] == [], result
-    assert {where.split()[0] for where in result["landed_in"]} == {"sft", "reward"}, result
+    assert result["kills"] == 3 and result["problems"] == [], result
+    assert {where.split()[0] for where in result["landed_in"]} == {"sft", "reward", "dpo"}, result
     assert all(int(where.split()[1]) > 1 for where in result["resumed_at"]), result  # resumed, not started over

@@ -78,9 +78,9 @@ def test_ppo_trains_policy_and_value_only(tmp_path, tiny_model_dir, backbone):
                      iterations=2, eval_every=2)
     folder = RunFolder(recipe.run_dir)
     for stage in ("sft", "reward"):
-        from lorahf.stages import RUNNERS
+        from lorahf.stages import registry
 
-        RUNNERS[stage](recipe, backbone, folder, Progress())
+        registry.get(stage).run(recipe, backbone, folder, Progress())
         folder.mark_done(stage, recipe.stage_hash(stage), {"gate": "pass"} if stage == "reward" else {}, 0.0)
     base = [p for n, p in backbone.t5.named_parameters() if "lora_" not in n] + list(backbone.t5.buffers())
     frozen = {"base": _fingerprint(base), "sft": _fingerprint(backbone.parameters("sft")),

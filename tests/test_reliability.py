@@ -122,12 +122,12 @@ def test_a_full_disk_is_one_line_and_the_files_already_written_stay(finished, mo
 
 def test_running_out_of_memory_names_what_to_lower(finished, monkeypatch):
     raw, root = finished
-    from lorahf.stages import RUNNERS
+    from lorahf.stages import sft
 
     def no_memory(*args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setitem(RUNNERS, "sft", no_memory)
+    monkeypatch.setattr(sft, "run", no_memory)
     with pytest.raises(LorahfError, match="sft: out of memory on the cpu; the last saved outputs are kept") as caught:
         pipeline.run(validate(raw), stage="sft")
     assert "sft.batch_size" in caught.value.hint

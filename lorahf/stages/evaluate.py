@@ -13,102 +13,86 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from lorahf import distributed
 from lorahf.data import encode_prompts
-from lorahf.errors import LorahfError
+from lorahf.compare import Comparison, Sampling, compare_adapters, describe_win, held_out_prompts
 from lorahf.judge import REWARD, PreferenceFile, build_judges
-from lorahf.metrics import bleu, meteor, rouge, win_rate_of
-from lorahf.ppo.rollout import ModelScorer, answers
+from lorahf.metrics import bleu, meteor, rouge
+from lorahf.ppo.rollout import ModelScorer
 from lorahf.recipe import EvaluateStage
-from lorahf.training import ensure_adapter, held_out_rows, mean
-
-SEED = 1234  # every adapter samples its answers from this same seed
-
-
-@dataclass
-class Prompts:
-    ids: list[list[int]]
-    texts: list[str]
-    references: list[str] | None
-
+from lorahf.report import Check, fmt, significant
+from lorahf.roles import SFT
+from lorahf.stages import registry
+from lorahf.training import ensure_adapter, mean
 
 def run(recipe, backbone, folder, progress) -> dict:
     spec = recipe.evaluate
-    adapters = spec.adapters or (["sft", "policy"] if "ppo" in recipe.stages else ["sft"])
-    baseline, challengers = adapters[0], adapters[1:]
+    adapters = adapters_of(recipe)
 
     # 1. Held-out prompts
     prompts = held_out_prompts(recipe, spec.max_prompts, backbone.tokenizer)
     progress.note(f"evaluate: {len(prompts.texts)} held-out prompts{' with references' if prompts.references else ''}"
                   f", adapters {', '.join(adapters)}")
 
-    # 2. Answers and their metrics
+    # 2-3. Answers and their metrics; every judge compares each challenger with the baseline (with data
+    # parallelism, each process answers its share of the prompts, and the first process judges)
     for role in adapters:
         ensure_adapter(backbone, folder, role, needed_by="evaluate")
     if not backbone.has_adapter(REWARD) and folder.adapter_dir(REWARD).is_dir():
         backbone.load_adapter(REWARD, folder.adapter_dir(REWARD))
-    judges = build_judges(recipe, backbone, names=spec.judges)
-    metrics: dict = {"eval_prompts": len(prompts.texts), "adapters": adapters, "baseline": baseline,
+    judges = build_judges(recipe, backbone, names=spec.judges) if distributed.is_main() else {}
+    metrics: dict = {"eval_prompts": len(prompts.texts), "adapters": adapters, "baseline": adapters[0],
                      "greedy": spec.greedy, "temperature": spec.temperature}
-    with progress.task("evaluate", total=len(adapters) + len(judges) * len(challengers)) as bar:
-        answered = {}
-        for role in adapters:
-            answered[role] = answer_prompts(backbone, recipe, role, prompts)
-            metrics.update(text_metrics(role, answered[role], prompts.references))
-            bar.advance(adapter=role)
+    with progress.task("evaluate", total=len(adapters) + len(judges) * (len(adapters) - 1)) as bar:
+        def judged(found: Comparison, judge: str, role: str, verdicts: list) -> None:
+            metrics.update(verdicts_to_file(folder, found, judge, role, verdicts))
+            wins = found.win_rate(judge, role)
+            progress.note(f"evaluate: {describe_win(judge, wins)} ({role} against {adapters[0]})")
+            bar.advance(judge=judge)
 
-        # 3. Judges: every challenger against the baseline (with data parallelism, the first process judges)
-        for name, judge in judges.items() if distributed.is_main() else ():
-            path = folder.root / "judgements" / f"{name}.jsonl"
-            path.unlink(missing_ok=True)  # this evaluation's verdicts only
-            out = PreferenceFile(path)
-            for role in challengers:
-                verdicts = judge.compare(prompts.texts, answered[role]["texts"], answered[baseline]["texts"])
-                for prompt, mine, theirs, verdict in zip(prompts.texts, answered[role]["texts"],
-                                                         answered[baseline]["texts"], verdicts):
-                    if verdict is not None:
-                        out.append({"prompt": prompt, "a": mine, "b": theirs, "a_by": role, "b_by": baseline},
-                                   verdict, name)
-                wins = win_rate_of(v.outcome for v in verdicts if v is not None)
-                suffix = name if role == challengers[0] else f"{name}.{role}"
-                metrics[f"win_rate.{suffix}"] = wins["win_rate"]
-                metrics[f"win_rate_ci.{suffix}"] = [wins["low"], wins["high"]]
-                metrics[f"judged.{suffix}"] = {"wins": wins["wins"], "losses": wins["losses"], "ties": wins["ties"],
-                                               "no_verdict": sum(v is None for v in verdicts)}
-                progress.note(f"evaluate: {name} judge, {role} vs {baseline}: win rate {wins['win_rate']:.2f} "
-                              f"[{wins['low']:.2f}, {wins['high']:.2f}] on {wins['n']} prompts")
-                bar.advance(judge=name)
+        found = compare_adapters(backbone, prompts, adapters, judges, sampling(recipe), scorer(backbone),
+                                 on_answered=lambda role: bar.advance(adapter=role), on_judged=judged)
+    for role in adapters:
+        metrics.update(text_metrics(role, found.answers[role], prompts.references))
 
     # 4. Samples
+    answered = found.answers
     folder.write_samples("evaluate", [
         {"prompt": prompts.texts[i], **({"reference": prompts.references[i]} if prompts.references else {}),
          **{role: answered[role]["texts"][i] for role in adapters},
-         **({f"reward.{role}": answered[role]["rewards"][i] for role in adapters} if answered[baseline]["rewards"]
+         **({f"reward.{role}": answered[role]["rewards"][i] for role in adapters} if answered[adapters[0]]["rewards"]
             else {})}
         for i in range(len(prompts.texts))])
     return metrics
 
 
-def held_out_prompts(recipe, limit: int, tokenizer) -> Prompts:
-    """The first `limit` held-out prompts: evaluate.data's, else the ppo stage's held-out split."""
-    rows = held_out_rows(recipe)
-    if rows is None:
-        raise LorahfError("no held-out prompts: the recipe has neither evaluate.data nor a ppo section",
-                          hint="set evaluate.data.files to a file with a prompt column")
-    rows = rows.select(range(min(limit, len(rows))))
-    ids, _ = encode_prompts(tokenizer, rows["prompt"], recipe.max_prompt_tokens, recipe.prompt_template)
-    references = list(rows["reference"]) if "reference" in rows.column_names else None
-    return Prompts(ids, list(rows["prompt"]), references)
+def verdicts_to_file(folder, found: Comparison, judge: str, role: str, verdicts: list) -> dict:
+    """One judge's verdicts of one challenger, appended to judgements/<judge>.jsonl (preference rows the next
+    reward round reads; the file holds this evaluation's verdicts only), and their marker metrics."""
+    path = folder.root / "judgements" / f"{judge}.jsonl"
+    if role == found.challengers[0]:
+        path.unlink(missing_ok=True)
+    out = PreferenceFile(path)
+    texts, baseline = found.answers[role]["texts"], found.answers[found.baseline]["texts"]
+    for prompt, mine, theirs, verdict in zip(found.prompts.texts, texts, baseline, verdicts):
+        if verdict is not None:
+            out.append({"prompt": prompt, "a": mine, "b": theirs, "a_by": role, "b_by": found.baseline}, verdict, judge)
+    wins = found.win_rate(judge, role)
+    suffix = judge if role == found.challengers[0] else f"{judge}.{role}"
+    return {f"win_rate.{suffix}": wins["win_rate"], f"win_rate_ci.{suffix}": [wins["low"], wins["high"]],
+            f"judged.{suffix}": {key: wins[key] for key in ("wins", "losses", "ties", "no_verdict")}}
 
 
-def answer_prompts(backbone, recipe, role: str, prompts: Prompts) -> dict:
-    """`role`'s answers with their reward (when there is a reward adapter), length and KL to sft."""
+def sampling(recipe) -> Sampling:
+    """How the adapters answer: evaluate's settings (a recipe without an evaluate section: their defaults)."""
     spec = recipe.evaluate or EvaluateStage()
-    scorer = ModelScorer() if backbone.has_adapter(REWARD) else None
-    return answers(backbone, role, prompts.ids, prompts.texts, scorer, recipe.max_response_tokens,
-                   greedy=spec.greedy, temperature=spec.temperature, batch_size=spec.batch_size, seed=SEED)
+    return Sampling(recipe.max_response_tokens, greedy=spec.greedy, temperature=spec.temperature,
+                    batch_size=spec.batch_size)
+
+
+def scorer(backbone):
+    """The reward model scores every answer where the run has one."""
+    return ModelScorer() if backbone.has_adapter(REWARD) else None
 
 
 def text_metrics(role: str, answered: dict, references: list[str] | None) -> dict:
@@ -123,3 +107,82 @@ def text_metrics(role: str, answered: dict, references: list[str] | None) -> dic
                       f"rouge_l.{role}": scores["rougeL"], f"bleu.{role}": bleu(answered["texts"], references),
                       f"meteor.{role}": value, "meteor_synonyms": synonyms})
     return found
+
+
+# ------------------------------------------------------------------------------- plan and report
+def adapters_of(recipe) -> list[str]:
+    """The adapters that answer: evaluate.adapters, else sft and the policy each policy stage writes."""
+    spec = recipe.evaluate or EvaluateStage()
+    return spec.adapters or [SFT, *registry.policy_adapters(recipe)]
+
+
+def describe(recipe) -> str:
+    spec = recipe.evaluate
+    return (f"{', '.join(adapters_of(recipe))} on {spec.max_prompts} held-out prompts, "
+            f"judges: {', '.join(spec.judges or [REWARD, *recipe.judges])}")
+
+
+def plan_memory(shape, recipe, traced) -> dict[str, int]:
+    batch = min(recipe.evaluate.batch_size, recipe.evaluate.max_prompts)
+    return {"rollout": shape.rollout_bytes(batch, recipe.max_prompt_tokens, recipe.max_response_tokens,
+                                           keep_encoder_states=False, keep_logits=True)}
+
+
+def checks(evaluate: dict) -> list[Check]:
+    return [Check("evaluate", f"the {judge} judge prefers {challenger} to {evaluate['baseline']}",
+                  f"win rate {wins:.2f} [{low:.2f}, {high:.2f}] on {evaluate['eval_prompts']} prompts",
+                  significant(low, high))
+            for judge, challenger, wins, (low, high) in win_rates(evaluate)]
+
+
+def win_rates(evaluate: dict) -> list[tuple[str, str, float, tuple[float, float]]]:
+    """(judge, challenger, win rate, 95 % interval) of every comparison an evaluate marker holds."""
+    found = []
+    challengers = evaluate["adapters"][1:]
+    for key, value in evaluate.items():
+        if not key.startswith("win_rate.") or value is None:
+            continue
+        judge, _, challenger = key[len("win_rate."):].partition(".")
+        found.append((judge, challenger or challengers[0], value, tuple(evaluate[f"win_rate_ci.{key[9:]}"])))
+    return found
+
+
+def report(m: dict) -> list[str]:
+    adapters = m["adapters"]
+    meteor_title = "METEOR" if m.get("meteor_synonyms") else "METEOR (exact + stem, no synonyms: WordNet data missing)"
+    columns = [("ROUGE-1", "rouge_1"), ("ROUGE-2", "rouge_2"), ("ROUGE-L", "rouge_l"), ("BLEU", "bleu"),
+               (meteor_title, "meteor"), ("reward", "reward_mean"), ("KL to sft", "kl"), ("length", "length")]
+    columns = [(title, key) for title, key in columns if f"{key}.{adapters[0]}" in m]
+    how = "greedy" if m.get("greedy") else f"sampled at temperature {m.get('temperature')} from one seed"
+    lines = [f"{m['eval_prompts']} held-out prompts, answers {how}.", "",
+             "| adapter | " + " | ".join(title for title, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for adapter in adapters:
+        lines.append(f"| {adapter} | " + " | ".join(fmt(m.get(f"{key}.{adapter}")) for _, key in columns) + " |")
+    comparisons = win_rates(m)
+    if comparisons:
+        lines += ["", f"Win rates against `{m['baseline']}` (ties count half; 95 % Wilson interval):", "",
+                  "| judge | adapter | win rate | 95 % interval | wins / losses / ties / no verdict |",
+                  "|---|---|---|---|---|"]
+        for judge, challenger, wins, (low, high) in comparisons:
+            suffix = judge if challenger == adapters[1] else f"{judge}.{challenger}"
+            counts = m.get(f"judged.{suffix}", {})
+            lines.append(f"| {judge} | {challenger} | {wins:.3f} | [{low:.3f}, {high:.3f}] | "
+                         + " / ".join(str(counts.get(k, "?")) for k in ("wins", "losses", "ties", "no_verdict"))
+                         + " |")
+    return lines
+
+
+def plot(plt, folder, metrics):
+    comparisons = win_rates(metrics)
+    if not comparisons:
+        return None
+    figure, axis = plt.subplots(figsize=(6, 0.6 * len(comparisons) + 1.5))
+    labels = [f"{judge}: {challenger}" for judge, challenger, _, _ in comparisons]
+    rates = [wins for _, _, wins, _ in comparisons]
+    errors = [[wins - low for _, _, wins, (low, _) in comparisons], [high - wins for _, _, wins, (_, high) in comparisons]]
+    axis.errorbar(rates, range(len(rates)), xerr=errors, fmt="o", capsize=4)
+    axis.axvline(0.5, color="grey", linestyle=":")
+    axis.set_yticks(range(len(rates)), labels)
+    axis.set(xlim=(0, 1), xlabel=f"win rate against {metrics['baseline']} (95 % interval)", title="evaluation")
+    return figure

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from lorahf import distributed
+from lorahf.compare import Prompts, Sampling, answer, compare_adapters, describe_win, judged_metrics
 from lorahf.data import encode_prompts
 from lorahf.errors import LorahfError
 from lorahf.judge import scoring_judges
@@ -34,17 +35,17 @@ from lorahf.metrics import rouge_l, win_rate
 from lorahf.ppo.alarms import held_out_alarms, iteration_alarms
 from lorahf.ppo.math import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_estimate,
                              masked_mean, token_rewards, whiten)
-from lorahf.ppo.rollout import (POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, ModelScorer, answers, collect,
-                                gathered)
+from lorahf.ppo.rollout import POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, ModelScorer, collect, gathered
 from lorahf.ppo.update import make_optimizer, train_on
+from lorahf.report import Check, judged_comparisons, scalar_table, series
+from lorahf.roles import POLICY_LAST
 from lorahf.runs import atomic_path
 from lorahf.training import ensure_adapter, index_batches, load_stage_data, mean
 
-LAST = "policy-last"  # the adapter of the last iteration; `policy` holds the best
+LAST = POLICY_LAST  # the adapter of the last iteration; `policy` holds the best
 FINAL_EVAL_PROMPTS = 200  # held-out prompts the final comparison answers
 ANSWER_BATCH = 64
 STATE_FILE = "state.pt"
-EVAL_SEED = 1234  # held-out answers are sampled from this seed, the same for every role and check
 
 
 @dataclass
@@ -66,41 +67,90 @@ class State:
 
 def run(recipe, backbone, folder, progress) -> dict:
     spec = recipe.ppo
-    tokenizer = backbone.tokenizer
-    max_new_tokens = spec.max_new_tokens or recipe.max_response_tokens
 
     # 0. The reward model's quality gate
     if spec.reward_judge is None:
         check_gate(folder, spec)
 
-    # 1. Prompts
+    # 1. Prompts for rollouts, held-out prompts for the checks, and what scores answers
+    rollout_prompts, held_out = prompts(recipe, backbone.tokenizer, progress)
+    judges = scoring_judges(recipe)
+    scorer = pick_scorer(spec, judges)
+
+    # 2. Adapters, optimizer and KL controller: fresh, or from the last checkpoint
+    state, optimizer, controller = start(recipe, backbone, folder, progress)
+    if state.iteration == 0:
+        state.start = held_out_check(backbone, recipe, held_out, scorer, judges)
+        keep_if_best(backbone, folder, state, state.start, spec, iteration=0)
+        state.samples += samples(state.start, held_out, spec, iteration=0)
+        folder.write_samples("ppo", state.samples)
+        folder.log_metrics("ppo", 0, {f"eval_{k}": v for k, v in state.start.items() if k in LOGGED_CHECKS})
+
+    # 3. Loop
+    kl_limit = spec.kl_alarm * (spec.kl_target or spec.kl_alarm_nats)
+    with progress.task("ppo", total=spec.iterations) as bar:
+        bar.advance(state.iteration)
+        for iteration, indices in index_batches(len(rollout_prompts.ids), spec.batch_size, spec.iterations,
+                                                recipe.seed):
+            if iteration > state.iteration:  # else done before the checkpoint this run resumed from
+                numbers = one_iteration(backbone, recipe, folder, state, optimizer, controller, rollout_prompts,
+                                        held_out, scorer, judges, iteration, indices, kl_limit)
+                bar.advance(score=numbers["score_mean"], kl=numbers["kl"], len=numbers["response_length"],
+                            alarms=",".join(numbers["alarms"]) or "-")
+
+    # 4. Last and best; the best compared with sft
+    backbone.save_adapter(POLICY, folder.adapter_dir(LAST))
+    backbone.save_adapter(VALUE, folder.adapter_dir(VALUE))
+    backbone.load_adapter(POLICY, folder.adapter_dir(POLICY))
+    backbone.set_trainable()
+    metrics = {"iterations": state.iteration, "best_by": spec.best_by, "best_iteration": state.best_iteration,
+               "best": state.best, "kl_limit": kl_limit, "beta_last": controller.value,
+               "seconds_per_iteration": statistics.median(state.seconds) if state.seconds else None,
+               "alarms": {name: len(found) for name, found in state.alarms.items()},
+               "score_first": state.scores[0], "score_last": mean(state.scores[-spec.eval_every:]),
+               "kl_last": mean(state.kls[-spec.eval_every:])}
+    metrics.update(compare_with_sft(backbone, recipe, held_out, scorer, judges, progress))
+    for name, iterations in state.alarms.items():
+        progress.note(f"[yellow]ppo alarm {name}[/yellow] at {len(iterations)} iteration(s), first at {iterations[0]}")
+    return metrics
+
+
+def prompts(recipe, tokenizer, progress) -> tuple[Prompts, Prompts]:
+    """Step 1: the prompts for rollouts, and the held-out ones (with references where the data has them)."""
+    spec = recipe.ppo
     train_rows, eval_rows = load_stage_data(spec.data, "prompts", recipe.seed)
-    train_texts = list(train_rows["prompt"])
-    train_prompts, cut = encode_prompts(tokenizer, train_rows["prompt"], recipe.max_prompt_tokens,
-                                        recipe.prompt_template)
+    train_ids, cut = encode_prompts(tokenizer, train_rows["prompt"], recipe.max_prompt_tokens, recipe.prompt_template)
     eval_rows = eval_rows.select(range(min(FINAL_EVAL_PROMPTS, len(eval_rows))))
-    held_out = HeldOut(encode_prompts(tokenizer, eval_rows["prompt"], recipe.max_prompt_tokens,
+    held_out = Prompts(encode_prompts(tokenizer, eval_rows["prompt"], recipe.max_prompt_tokens,
                                       recipe.prompt_template)[0], list(eval_rows["prompt"]),
                        list(eval_rows["reference"]) if "reference" in eval_rows.column_names else None)
-    progress.note(f"ppo prompts: {len(train_prompts)} for rollouts ({cut} truncated), {len(held_out.prompts)} "
+    progress.note(f"ppo prompts: {len(train_ids)} for rollouts ({cut} truncated), {len(held_out.texts)} "
                   f"held out{' with references' if held_out.references else ''}")
     if spec.best_by == "rouge_l" and not held_out.references:
         raise LorahfError("ppo.best_by is rouge_l, but the held-out prompts have no `reference` column",
                           hint="map one with ppo.data.columns, or pick best_by: reward")
-    judges = scoring_judges(recipe)
+    return Prompts(train_ids, list(train_rows["prompt"])), held_out
+
+
+def pick_scorer(spec, judges: dict):
+    """The reward model, or the judge named by `reward_judge` (a reward you can compute)."""
     for field_name in ("reward_judge", "best_by"):
         name = getattr(spec, field_name)
-        if name in recipe.judges and name not in judges:
-            raise LorahfError(f"ppo.{field_name}: judge '{name}' does not score single responses",
-                              hint="name a python judge f(prompt, response) -> float")
-    scorer = JudgeScorer(judges[spec.reward_judge]) if spec.reward_judge else ModelScorer()
+        if name in judges or name in ("reward", "rouge_l", None):
+            continue
+        raise LorahfError(f"ppo.{field_name}: judge '{name}' does not score single responses",
+                          hint="name a python judge f(prompt, response) -> float")
+    return JudgeScorer(judges[spec.reward_judge]) if spec.reward_judge else ModelScorer()
 
-    # 2. Adapters: fresh copies, or the last checkpoint
+
+def start(recipe, backbone, folder, progress):
+    """Step 2: policy <- sft, value <- reward (adapter and head; sft and a fresh head with a reward judge), or
+    all of it from the last checkpoint; the optimizer and the KL controller. Returns (state, optimizer, controller)."""
+    spec = recipe.ppo
     ensure_adapter(backbone, folder, REFERENCE, needed_by="ppo")
     if spec.reward_judge is None:
         ensure_adapter(backbone, folder, REWARD, needed_by="ppo")
-    stage_hash = recipe.stage_hash("ppo")
-    state, optimizer_state = load_checkpoint(backbone, folder, stage_hash, progress)
+    state, optimizer_state = load_checkpoint(backbone, folder, recipe.stage_hash("ppo"), progress)
     if state is None:
         backbone.copy_adapter(REFERENCE, POLICY)
         if spec.reward_judge is None:
@@ -118,73 +168,50 @@ def run(recipe, backbone, folder, progress) -> dict:
                   else FixedKLController(spec.beta))
     if state.kl_controller:
         controller.load_state_dict(state.kl_controller)
-    kl_limit = spec.kl_alarm * (spec.kl_target or spec.kl_alarm_nats)
+    return state, optimizer, controller
 
-    if state.iteration == 0:
-        state.start = held_out_check(backbone, held_out, scorer, spec, max_new_tokens, judges)
-        keep_if_best(backbone, folder, state, state.start, spec, iteration=0)
-        state.samples += samples(state.start, held_out, spec, iteration=0)
+
+def one_iteration(backbone, recipe, folder, state: State, optimizer, controller, rollout_prompts: Prompts,
+                  held_out: Prompts, scorer, judges: dict, iteration: int, indices: list[int], kl_limit: float) -> dict:
+    """Step 3: a-c (see `iterate`), then d: adapt beta, log, alarms, a held-out check every eval_every that
+    keeps the best policy, a checkpoint every checkpoint_every. Returns the iteration's logged numbers."""
+    spec = recipe.ppo
+    seed = recipe.seed * 1_000_003 + iteration  # a resumed run samples what this one would
+    torch.manual_seed(seed * distributed.world() + distributed.rank())  # each process its own samples
+    generator = torch.Generator().manual_seed(seed)
+
+    # a-c. rollout, rewards and advantages, K epochs of minibatch updates (each process: its share)
+    mine = distributed.share(indices)
+    numbers = iterate(backbone, [rollout_prompts.ids[i] for i in mine], [rollout_prompts.texts[i] for i in mine],
+                      scorer, spec, controller.value, optimizer, generator,
+                      spec.max_new_tokens or recipe.max_response_tokens, iteration)
+    if iteration == 1:
+        state.sft_length = numbers["response_length"]  # policy == sft in the first rollout
+    found = iteration_alarms(numbers["kl"], kl_limit, numbers["response_length"], state.sft_length, spec.length_alarm)
+    numbers["peak_memory_mb"] = peak_memory_mb(backbone.device)
+
+    # d. beta, log, check, checkpoint
+    controller.update(numbers["kl"], len(indices))
+    state.iteration = iteration
+    state.kl_controller = controller.state_dict()
+    state.seconds.append(numbers["seconds"])
+    state.scores.append(numbers["score_mean"])
+    state.kls.append(numbers["kl"])
+    if iteration % spec.eval_every == 0 or iteration == spec.iterations:
+        check = held_out_check(backbone, recipe, held_out, scorer, judges)
+        found += held_out_alarms(check["reward"], check.get("rouge_l"), state.start["reward"],
+                                 state.start.get("rouge_l"))
+        keep_if_best(backbone, folder, state, check, spec, iteration)
+        state.samples += samples(check, held_out, spec, iteration)
         folder.write_samples("ppo", state.samples)
-        folder.log_metrics("ppo", 0, {f"eval_{k}": v for k, v in state.start.items() if k in LOGGED_CHECKS})
-
-    # 3. Loop
-    with progress.task("ppo", total=spec.iterations) as bar:
-        bar.advance(state.iteration)
-        for iteration, indices in index_batches(len(train_prompts), spec.batch_size, spec.iterations, recipe.seed):
-            if iteration <= state.iteration:
-                continue  # done before the checkpoint this run resumed from
-            seed = recipe.seed * 1_000_003 + iteration  # a resumed run samples what this one would
-            torch.manual_seed(seed * distributed.world() + distributed.rank())  # each process its own samples
-            generator = torch.Generator().manual_seed(seed)
-
-            # a-c. rollout, rewards and advantages, K epochs of minibatch updates (each process: its share)
-            mine = distributed.share(indices)
-            numbers = iterate(backbone, [train_prompts[i] for i in mine], [train_texts[i] for i in mine],
-                              scorer, spec, controller.value, optimizer, generator, max_new_tokens, iteration)
-            if iteration == 1:
-                state.sft_length = numbers["response_length"]  # policy == sft in the first rollout
-            found = iteration_alarms(numbers["kl"], kl_limit, numbers["response_length"], state.sft_length,
-                                     spec.length_alarm)
-            numbers["peak_memory_mb"] = peak_memory_mb(backbone.device)
-
-            # d. beta, log, check, checkpoint
-            controller.update(numbers["kl"], len(indices))
-            state.iteration = iteration
-            state.kl_controller = controller.state_dict()
-            state.seconds.append(numbers["seconds"])
-            state.scores.append(numbers["score_mean"])
-            state.kls.append(numbers["kl"])
-            if iteration % spec.eval_every == 0 or iteration == spec.iterations:
-                check = held_out_check(backbone, held_out, scorer, spec, max_new_tokens, judges)
-                found += held_out_alarms(check["reward"], check.get("rouge_l"), state.start["reward"],
-                                         state.start.get("rouge_l"))
-                keep_if_best(backbone, folder, state, check, spec, iteration)
-                state.samples += samples(check, held_out, spec, iteration)
-                folder.write_samples("ppo", state.samples)
-                numbers.update({f"eval_{k}": v for k, v in check.items() if k in LOGGED_CHECKS})
-            for name in found:
-                state.alarms.setdefault(name, []).append(iteration)
-            folder.log_metrics("ppo", iteration, {**numbers, "alarms": found})
-            if iteration % spec.checkpoint_every == 0 and iteration < spec.iterations:
-                save_checkpoint(backbone, folder, state, optimizer, stage_hash)
-            bar.advance(score=numbers["score_mean"], kl=numbers["kl"], len=numbers["response_length"],
-                        alarms=",".join(found) or "-")
-
-    # 4. Last and best; the best compared with sft
-    backbone.save_adapter(POLICY, folder.adapter_dir(LAST))
-    backbone.save_adapter(VALUE, folder.adapter_dir(VALUE))
-    backbone.load_adapter(POLICY, folder.adapter_dir(POLICY))
-    backbone.set_trainable()
-    metrics = {"iterations": state.iteration, "best_by": spec.best_by, "best_iteration": state.best_iteration,
-               "best": state.best, "kl_limit": kl_limit, "beta_last": controller.value,
-               "seconds_per_iteration": statistics.median(state.seconds) if state.seconds else None,
-               "alarms": {name: len(found) for name, found in state.alarms.items()},
-               "score_first": state.scores[0], "score_last": mean(state.scores[-spec.eval_every:]),
-               "kl_last": mean(state.kls[-spec.eval_every:])}
-    metrics.update(compare_with_sft(backbone, held_out, scorer, spec, max_new_tokens, judges, progress))
-    for name, iterations in state.alarms.items():
-        progress.note(f"[yellow]ppo alarm {name}[/yellow] at {len(iterations)} iteration(s), first at {iterations[0]}")
-    return metrics
+        numbers.update({f"eval_{k}": v for k, v in check.items() if k in LOGGED_CHECKS})
+    for name in found:
+        state.alarms.setdefault(name, []).append(iteration)
+    numbers["alarms"] = found
+    folder.log_metrics("ppo", iteration, numbers)
+    if iteration % spec.checkpoint_every == 0 and iteration < spec.iterations:
+        save_checkpoint(backbone, folder, state, optimizer, recipe.stage_hash("ppo"))
+    return numbers
 
 
 def iterate(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, spec, beta: float, optimizer,
@@ -245,23 +272,24 @@ def check_gate(folder, spec) -> None:
 
 
 # ---------------------------------------------------------------------------------------- held out
-@dataclass
-class HeldOut:
-    prompt_ids: list[list[int]]
-    prompts: list[str]
-    references: list[str] | None
+def sampling(recipe) -> Sampling:
+    """How held-out prompts are answered: greedy or at the rollouts' temperature, from one seed for every role."""
+    spec = recipe.ppo
+    return Sampling(spec.max_new_tokens or recipe.max_response_tokens, greedy=spec.eval_greedy,
+                    temperature=spec.temperature, top_k=spec.top_k, batch_size=ANSWER_BATCH)
 
 
-def held_out_check(backbone, held_out: HeldOut, scorer, spec, max_new_tokens: int, judges: dict) -> dict:
+def held_out_check(backbone, recipe, held_out: Prompts, scorer, judges: dict) -> dict:
     """The policy's answers to the first `eval_prompts` held-out prompts, measured."""
-    n = min(spec.eval_prompts, len(held_out.prompts))
-    answers = answer(backbone, POLICY, held_out.prompt_ids[:n], held_out.prompts[:n], scorer, spec, max_new_tokens)
+    spec = recipe.ppo
+    shown = held_out.first(spec.eval_prompts)
+    answers = answer(backbone, POLICY, shown, sampling(recipe), scorer)
     check = {"reward": mean(answers["rewards"]), "kl": mean(answers["kl"]), "length": mean(answers["lengths"]),
              "answers": answers["texts"], "rewards": answers["rewards"]}
-    if held_out.references:
-        check["rouge_l"] = rouge_l(answers["texts"], held_out.references[:n])
+    if shown.references:
+        check["rouge_l"] = rouge_l(answers["texts"], shown.references)
     if spec.best_by in judges:
-        check["judge"] = mean(judges[spec.best_by].score(held_out.prompts[:n], answers["texts"]))
+        check["judge"] = mean(judges[spec.best_by].score(shown.texts, answers["texts"]))
     return check
 
 
@@ -272,27 +300,19 @@ def keep_if_best(backbone, folder, state: State, check: dict, spec, iteration: i
         backbone.save_adapter(POLICY, folder.adapter_dir(POLICY))
 
 
-def samples(check: dict, held_out: HeldOut, spec, iteration: int) -> list[dict]:
+def samples(check: dict, held_out: Prompts, spec, iteration: int) -> list[dict]:
     shown = min(spec.sample_prompts, len(check["answers"]))
-    return [{"iteration": iteration, "prompt": held_out.prompts[i], "response": check["answers"][i],
+    return [{"iteration": iteration, "prompt": held_out.texts[i], "response": check["answers"][i],
              "reward": check["rewards"][i], **({"reference": held_out.references[i]} if held_out.references else {})}
             for i in range(shown)]
 
 
-def answer(backbone, role: str, prompt_ids: list[list[int]], prompts: list[str], scorer, spec,
-           max_new_tokens: int) -> dict:
-    return answers(backbone, role, prompt_ids, prompts, scorer, max_new_tokens, greedy=spec.eval_greedy,
-                   temperature=spec.temperature, top_k=spec.top_k, batch_size=ANSWER_BATCH, seed=EVAL_SEED)
-
-
-def compare_with_sft(backbone, held_out: HeldOut, scorer, spec, max_new_tokens: int, judges: dict,
-                     progress) -> dict:
+def compare_with_sft(backbone, recipe, held_out: Prompts, scorer, judges: dict, progress) -> dict:
     """Reward, KL, ROUGE-L and every judge's score of the policy's answers vs sft's, with win rates."""
-    answers = {role: answer(backbone, role, held_out.prompt_ids, held_out.prompts, scorer, spec, max_new_tokens)
-               for role in (REFERENCE, POLICY)}
-    sft, policy = answers[REFERENCE], answers[POLICY]
+    found = compare_adapters(backbone, held_out, [REFERENCE, POLICY], judges, sampling(recipe), scorer)
+    sft, policy = found.answers[REFERENCE], found.answers[POLICY]
     wins = win_rate(policy["rewards"], sft["rewards"])
-    metrics = {"eval_prompts": len(held_out.prompt_ids), "reward_sft": mean(sft["rewards"]),
+    metrics = {"eval_prompts": len(held_out.ids), "reward_sft": mean(sft["rewards"]),
                "reward_policy": mean(policy["rewards"]), "win_rate_by_reward": wins["win_rate"],
                "kl": mean(policy["kl"]), "length_sft": mean(sft["lengths"]), "length_policy": mean(policy["lengths"])}
     if held_out.references:
@@ -300,14 +320,9 @@ def compare_with_sft(backbone, held_out: HeldOut, scorer, spec, max_new_tokens: 
         metrics["rouge_l_policy"] = rouge_l(policy["texts"], held_out.references)
     progress.note(f"ppo: held-out reward {metrics['reward_policy']:.3f} vs sft {metrics['reward_sft']:.3f}, "
                   f"KL {metrics['kl']:.2f} nats per answer")
-    for name, judge in judges.items():
-        scores = {role: judge.score(held_out.prompts, answers[role]["texts"]) for role in answers}
-        wins = win_rate(scores[POLICY], scores[REFERENCE])
-        metrics.update({f"{name}_score_sft": mean(scores[REFERENCE]), f"{name}_score_policy": mean(scores[POLICY]),
-                        f"{name}_win_rate_vs_sft": wins["win_rate"], f"{name}_win_rate_low": wins["low"],
-                        f"{name}_win_rate_high": wins["high"]})
-        progress.note(f"ppo: {name} judge {mean(scores[POLICY]):.2f} vs sft {mean(scores[REFERENCE]):.2f}, win rate "
-                      f"{wins['win_rate']:.2f} [{wins['low']:.2f}, {wins['high']:.2f}] on {wins['n']} prompts")
+    metrics.update(judged_metrics(found, POLICY, "sft", "policy"))
+    for judge, _ in found.verdicts:
+        progress.note(f"ppo: {describe_win(judge, found.win_rate(judge, POLICY))} (policy against sft)")
     return metrics
 
 
@@ -352,3 +367,56 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------------------- plan and report
+def describe(recipe) -> str:
+    spec = recipe.ppo
+    return (f"lr {spec.policy_learning_rate:g} (value {spec.value_learning_rate:g}), {spec.iterations} iterations "
+            f"of {spec.batch_size} prompts, beta {spec.beta:g}")
+
+
+def plan_memory(shape, recipe, traced) -> dict[str, int]:
+    """The larger of the rollout (generation's caches and what it keeps) and one micro-batch of the update."""
+    spec = recipe.ppo
+    micro = spec.micro_batch_size or spec.minibatch_size
+    rollout = shape.rollout_bytes(spec.batch_size, recipe.max_prompt_tokens, recipe.max_response_tokens,
+                                  keep_encoder_states=not spec.train_encoder, keep_logits=True)
+    update = traced(lambda s: s.trace_ppo_update(recipe, micro, spec.batch_size))
+    return {"rollout" if rollout >= update else "step": max(rollout, update)}
+
+
+def checks(ppo: dict) -> list[Check]:
+    found = [Check("ppo", "raised the reward of held-out answers over SFT's",
+                   f"{ppo['reward_sft']:.3f} -> {ppo['reward_policy']:.3f}, win rate {ppo['win_rate_by_reward']:.2f} "
+                   f"on {ppo['eval_prompts']} prompts (iteration {ppo['best_iteration']} of {ppo['iterations']})",
+                   ppo["reward_policy"] > ppo["reward_sft"])]
+    found += judged_comparisons("ppo", ppo, POLICY, REFERENCE, "PPO answers to SFT's")
+    found.append(Check("ppo", "stayed close to SFT (bounded KL)",
+                       f"KL {ppo['kl']:.2f} nats per answer (alarm above {ppo['kl_limit']:.1f})",
+                       ppo["kl"] <= ppo["kl_limit"]))
+    alarms = ppo.get("alarms") or {}
+    found.append(Check("ppo", "no alarm fired", ", ".join(f"{name} x{count}" for name, count in alarms.items()) or "none",
+                       None if alarms else True))
+    return found
+
+
+def report(metrics: dict) -> list[str]:
+    return scalar_table(metrics)
+
+
+def plot(plt, folder, metrics):
+    rows = folder.read_metrics("ppo")
+    if not rows:
+        return None
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for axis, (name, held_out, title) in zip(axes, (("score_mean", "eval_reward", "reward"), ("kl", "eval_kl", "KL to sft"),
+                                                    ("response_length", "eval_length", "response length"))):
+        axis.plot(*series(rows, name), label="rollouts")
+        axis.plot(*series(rows, held_out), "o-", label="held out")
+        alarms = [r["step"] for r in rows if r.get("alarms")]
+        for step in alarms:
+            axis.axvline(step, color="red", alpha=0.3)
+        axis.set(xlabel="iteration", title=title + (" (red: alarms)" if alarms else ""))
+        axis.legend()
+    return figure

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 
 from lorahf import distributed, roles
 from lorahf.data import collate, encode_prompts, encode_responses, preference_format
+from lorahf.report import Check, read_jsonl, scalar_table, series
 from lorahf.scoring import score_batches
-from lorahf.training import ensure_adapter, load_stage_data, train_adapter
+from lorahf.training import describe_training, ensure_adapter, load_stage_data, train_adapter
 
 ROLE = roles.REWARD
 CENTRING_ROWS = 512  # SFT responses scored to centre the reward
@@ -253,3 +254,40 @@ def centre(backbone, data: tuple[list[list[int]], list[list[int]]]) -> float:
     head.offset.zero_()
     head.offset.fill_(score_batches(backbone, ROLE, prompts, responses, SCORE_BATCH).double().mean().item())
     return head.offset.item()
+
+
+# ------------------------------------------------------------------------------- plan and report
+def describe(recipe) -> str:
+    return describe_training(recipe.reward)
+
+
+def plan_memory(shape, recipe, traced) -> dict[str, int]:
+    # a batch of pairwise preferences holds 2 sequences a row (the data's shape is known only once its files are
+    # read: a K-way ranking holds K, a score 1)
+    return {"step": traced(lambda s: s.trace_reward(recipe, recipe.reward.batch_size * 2))}
+
+
+def checks(reward: dict) -> list[Check]:
+    return [Check("reward", "beats chance on held-out preferences",
+                  f"accuracy {reward['eval_accuracy']:.3f} on {reward['eval_pairs']} pairs "
+                  f"(gate {reward['gate']} at {reward['min_accuracy']})", reward["gate"] == "pass")]
+
+
+def report(metrics: dict) -> list[str]:
+    return scalar_table(metrics)
+
+
+def plot(plt, folder, metrics):
+    rows = folder.read_metrics("reward")
+    margins = [r["margin"] for r in read_jsonl(folder.samples_path("reward")) if r.get("margin") is not None]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    left.plot(*series(rows, "eval_accuracy"), "o-", label="held-out accuracy")
+    left.axhline(0.5, color="grey", linestyle=":", label="chance")
+    left.axhline(metrics.get("min_accuracy", 0.6), color="red", linestyle="--", label="gate")
+    left.set(xlabel="step", ylabel="accuracy", title="reward model", ylim=(0, 1))
+    left.legend()
+    if margins:
+        right.hist(margins, bins=30, color="tab:blue")
+        right.axvline(0, color="black")
+        right.set(xlabel="r(chosen) - r(rejected)", ylabel="held-out pairs", title="margins (right of 0: correct)")
+    return figure

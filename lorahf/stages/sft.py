@@ -21,8 +21,10 @@ from lorahf.backbone import respond
 from lorahf.data import collate, encode_pairs
 from lorahf.judge import scoring_judges
 from lorahf.logprobs import token_logprobs
-from lorahf.metrics import rouge_l, win_rate
-from lorahf.training import LOG_EVERY, load_stage_data, mean, train_adapter
+from lorahf.compare import Prompts, Sampling, compare_adapters, describe_win
+from lorahf.metrics import rouge_l
+from lorahf.report import Check, judges_in, scalar_table, series
+from lorahf.training import LOG_EVERY, describe_training, load_stage_data, mean, train_adapter
 
 ROLE = roles.SFT
 FINAL_EVAL_PROMPTS = 200  # held-out prompts answered at the end for the judges
@@ -107,21 +109,86 @@ def compare_with_references(backbone, prompt_ids, prompts, references, recipe, p
     answers: ROUGE-L against the references, and each judge's mean score of the SFT answers, the untrained
     model's and the references themselves (with SFT's win rate over the untrained model)."""
     shown = min(FINAL_EVAL_PROMPTS, len(prompt_ids))
-    prompt_ids, prompts, references = prompt_ids[:shown], list(prompts[:shown]), list(references[:shown])
-    answers = {role: respond(backbone.use(role), prompt_ids, recipe.max_response_tokens) for role in (ROLE, None)}
+    held_out = Prompts(prompt_ids[:shown], list(prompts[:shown]), list(references[:shown]))
+    judges = scoring_judges(recipe)
+    found = compare_adapters(backbone, held_out, [None, ROLE], judges, Sampling(recipe.max_response_tokens, greedy=True))
     backbone.use(ROLE)
-    metrics = {"rouge_l": rouge_l(answers[ROLE], references), "rouge_l_untrained": rouge_l(answers[None], references),
-               "reference_prompts": shown}
+    answers = {role: found.answers[role]["texts"] for role in (None, ROLE)}
+    metrics = {"rouge_l": rouge_l(answers[ROLE], held_out.references),
+               "rouge_l_untrained": rouge_l(answers[None], held_out.references), "reference_prompts": shown}
     progress.note(f"sft: ROUGE-L against the held-out references {metrics['rouge_l']:.3f} "
                   f"(untrained {metrics['rouge_l_untrained']:.3f}) on {shown} prompts")
-    for judge in scoring_judges(recipe).values():
-        tuned = judge.score(prompts, answers[ROLE])
-        base = judge.score(prompts, answers[None])
-        wins = win_rate(tuned, base)
-        metrics.update({f"{judge.name}_score": mean(tuned), f"{judge.name}_score_untrained": mean(base),
-                        f"{judge.name}_score_references": mean(judge.score(prompts, references)),
-                        f"{judge.name}_win_rate_vs_untrained": wins["win_rate"]})
-        progress.note(f"sft: {judge.name} judge {mean(tuned):.2f} vs untrained {mean(base):.2f} (references "
-                      f"{metrics[judge.name + '_score_references']:.2f}), win rate {wins['win_rate']:.2f} "
-                      f"[{wins['low']:.2f}, {wins['high']:.2f}] on {wins['n']} prompts")
+    for name, judge in judges.items():
+        tuned, base = mean(found.scores(name, ROLE)), mean(found.scores(name, None))
+        wins = found.win_rate(name, ROLE)
+        metrics.update({f"{name}_score": tuned, f"{name}_score_untrained": base,
+                        f"{name}_score_references": mean(judge.score(held_out.texts, held_out.references)),
+                        f"{name}_win_rate_vs_untrained": wins["win_rate"]})
+        progress.note(f"sft: {name} judge {tuned:.2f} vs untrained {base:.2f} (references "
+                      f"{metrics[name + '_score_references']:.2f}), {describe_win(name, wins)}")
     return metrics
+
+
+# ------------------------------------------------------------------------------- plan and report
+CLOSE_TO_REFERENCES = 0.5
+"""The share of the gap between the untrained model's judged score and the references' that SFT must close."""
+FAR_FROM_REFERENCES = ("train longer (raise sft.epochs or sft.patience), raise sft.learning_rate, or let "
+                       "`lorahf init FILES --base BASE` pick settings for this base")
+
+
+def describe(recipe) -> str:
+    return describe_training(recipe.sft)
+
+
+def plan_memory(shape, recipe, traced) -> dict[str, int]:
+    return {"step": traced(lambda s: s.trace_sft(recipe, recipe.sft.batch_size))}
+
+
+def checks(sft: dict) -> list[Check]:
+    found = [Check("sft", "training loss fell", f"{sft['train_loss_first']:.3f} -> {sft['train_loss_last']:.3f}",
+                   sft["train_loss_last"] < sft["train_loss_first"]),
+             Check("sft", "held-out loss fell below the untrained model's",
+                   f"{sft['eval_loss_untrained']:.3f} -> {sft['eval_loss']:.3f}",
+                   sft["eval_loss"] < sft["eval_loss_untrained"])]
+    if "rouge_l" in sft:
+        found.append(Check("sft", "answers overlap the held-out references more than the untrained model's",
+                           f"ROUGE-L {sft['rouge_l']:.3f} vs {sft['rouge_l_untrained']:.3f} on "
+                           f"{sft['reference_prompts']} prompts", sft["rouge_l"] > sft["rouge_l_untrained"],
+                           FAR_FROM_REFERENCES))
+    for judge in judges_in(sft, suffix="_win_rate_vs_untrained"):
+        found.append(Check("sft", f"the {judge} judge prefers SFT answers to the untrained model's",
+                           f"score {sft[judge + '_score']:.2f} vs {sft[judge + '_score_untrained']:.2f}, "
+                           f"win rate {sft[judge + '_win_rate_vs_untrained']:.2f}",
+                           sft[judge + "_win_rate_vs_untrained"] > 0.5, FAR_FROM_REFERENCES))
+        if judge + "_score_references" in sft:
+            found.append(_near_references(judge, sft))
+    return found
+
+
+def _near_references(judge: str, sft: dict) -> Check:
+    """SFT's judged score must close at least CLOSE_TO_REFERENCES of the gap from the untrained model's score to
+    the references' (no verdict where the judge does not score the references above the untrained model)."""
+    tuned, untrained, references = (sft[f"{judge}_score{suffix}"] for suffix in ("", "_untrained", "_references"))
+    gap = references - untrained
+    closed = (tuned - untrained) / gap if gap > 0 else None
+    evidence = (f"score {tuned:.2f}, references {references:.2f}, untrained {untrained:.2f}"
+                + (f": {closed:.0%} of the gap closed (at least {CLOSE_TO_REFERENCES:.0%} needed)"
+                   if closed is not None else ": the judge does not prefer the references"))
+    return Check("sft", f"the {judge} judge scores SFT answers close to the held-out references", evidence,
+                 None if closed is None else closed >= CLOSE_TO_REFERENCES, FAR_FROM_REFERENCES)
+
+
+def report(metrics: dict) -> list[str]:
+    return scalar_table(metrics)
+
+
+def plot(plt, folder, metrics):
+    rows = folder.read_metrics("sft")
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(*series(rows, "loss"), label="training loss")
+    axis.plot(*series(rows, "eval_loss"), "o-", label="held-out loss")
+    if metrics.get("eval_loss_untrained") is not None:
+        axis.axhline(metrics["eval_loss_untrained"], color="grey", linestyle=":", label="untrained, held out")
+    axis.set(xlabel="step", ylabel="loss (nats per token)", title="SFT")
+    axis.legend()
+    return figure
