@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lorahf.data import NUMBER, RANKS, SHAPES, TEXT, TEXTS, _as_number, load_table
 from lorahf.errors import LorahfError
+from lorahf.stages import registry
 
 # The names people give each of lorahf's columns (lower case; a column matches by its whole name or one word).
 ROLE_NAMES: dict[str, tuple[str, ...]] = {
@@ -264,7 +265,7 @@ def plan_stages(found: list[FileGuess]) -> Plan:
     else:
         eval_files = _same_columns(eval_files, ("prompt", "reference"), unused)  # evaluate reads them
         unused += [(g.path, "prompts: PPO needs reward data") for g in found if g.shape == "prompts"]
-    stages = [name for name in ("sft", "reward", "ppo") if name in files] + ["evaluate"]
+    stages = [name for name in registry.NAMES if name in files] + ["evaluate"]  # files: sft, reward, ppo's
     return Plan(stages, files, eval_files, columns, unused)
 
 

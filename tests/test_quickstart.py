@@ -69,3 +69,23 @@ def test_quickstart_end_to_end(tmp_path):
     snippet = re.search(r"<!-- deploy-python -->\n```python\n(.*?)\n```", readme, re.S).group(1)
     python = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert python.returncode == 0 and python.stdout.strip(), python.stderr[-2000:]
+
+    # recipes/quickstart-dpo.yaml on the same SFT: its sft stage has the quickstart's stage hash, so the finished
+    # stage is copied over and skipped, as the same recipe would skip it in one run folder (saves its 7 minutes)
+    dpo_run = tmp_path / "runs" / "quickstart-dpo"
+    shutil.copytree(run / "adapters" / "sft", dpo_run / "adapters" / "sft")
+    (dpo_run / "stages").mkdir()
+    shutil.copy(run / "stages" / "sft.json", dpo_run / "stages" / "sft.json")
+    (dpo_run / "metrics.jsonl").write_text("".join(line + "\n" for line in (run / "metrics.jsonl").read_text().splitlines()
+                                                   if json.loads(line)["stage"] == "sft"))
+    done = subprocess.run(lorahf + ["run", "recipes/quickstart-dpo.yaml"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sft: done already (same recipe), skipped" in done.stderr + done.stdout
+    assert "✗" not in done.stdout, done.stdout
+    dpo = json.loads((dpo_run / "stages" / "dpo.json").read_text())["metrics"]
+    evaluate = json.loads((dpo_run / "stages" / "evaluate.json").read_text())["metrics"]
+    assert dpo["eval_accuracy"] > 0.7 and dpo["eval_loss"] < dpo["eval_loss_start"] and not dpo["alarms"]
+    assert evaluate["adapters"] == ["sft", "policy"] and evaluate["win_rate_ci.gold"][0] > 0.5, evaluate
+    report = (dpo_run / "report.md").read_text()
+    assert "| evaluate | ✓ | the gold judge prefers policy to sft |" in report and "## dpo" in report
