@@ -262,6 +262,9 @@ class DPOStage(TrainingSpec):
     """Stop after this many optimizer steps, whatever `epochs` says."""
     eval_every: int = Field(100, ge=1)
     """Held-out loss, accuracy and log-probs every N steps; the adapter with the best held-out loss is kept."""
+    dropout: bool = False
+    """Dropout (the base's and LoRA's) in the training steps; off, as TRL's DPO does by default, so the policy's
+    log-probs at the first step equal the reference's and the implicit rewards measure the adapter, not noise."""
     chosen_logprob_alarm: float = Field(0.5, gt=0)
     """Alarm when the held-out chosen answers' mean log-prob per token falls this far (nats) below sft's: DPO's
     known failure, pushing chosen and rejected answers down together while their margin grows."""

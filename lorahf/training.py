@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
@@ -45,21 +46,24 @@ class LoopState:
 
 def train_adapter(stage: str, spec, recipe, backbone, folder, progress, *, rows: int, lengths: list[int] | None,
                   loss: Callable[[list[int]], tuple], check: Callable[[int], dict],
-                  criterion: str, maximize: bool = False, role: str | None = None) -> LoopState:
+                  criterion: str, maximize: bool = False, role: str | None = None, dropout: bool = True) -> LoopState:
     """Train the adapter `role` (default: named as the stage; already added, trainable and in use) and leave the
     best one in use.
 
     `loss(indices)` -> (the loss of these rows, their tokens) or (loss, tokens, {name: number}), numbers logged
     as their mean over the steps of each log line; `check(step)` -> the held-out numbers (logged as eval_*), of
     which `criterion` picks the best adapter (lower is better unless `maximize`). The best adapter is written to
-    the run folder at once, so a kill never loses it."""
+    the run folder at once, so a kill never loses it. `dropout`: False trains with every dropout at 0."""
     role = role or stage
     stage_hash = recipe.stage_hash(stage)
-    saved = read_checkpoint(stage, backbone, folder, stage_hash, progress, role)  # its adapter is loaded, if any
+    saved = read_checkpoint(stage, backbone, folder, stage_hash, progress, (role,))  # its adapter is loaded, if any
+    if saved is not None:
+        backbone.set_trainable(role)
+        backbone.use(role)
     parameters = backbone.parameters(role)
     steps = step_plan(rows, spec.batch_size, spec.epochs, spec.max_steps)
     optimizer, scheduler = make_optimizer(parameters, spec, steps)
-    state = resume(saved, optimizer, scheduler, folder, stage)
+    state = resume(saved, optimizer, scheduler)
 
     def better(found: dict) -> bool:
         return found[criterion] > state.best[criterion] if maximize else found[criterion] < state.best[criterion]
@@ -70,7 +74,7 @@ def train_adapter(stage: str, spec, recipe, backbone, folder, progress, *, rows:
     throughput = Throughput()
     tokens_per_s = 0.0
     logged: list[dict] = []  # each step's own numbers since the last log line
-    with progress.task(stage, total=steps) as bar:
+    with progress.task(stage, total=steps) as bar, nullcontext() if dropout else without_dropout(backbone.model):
         bar.advance(state.step)
         for step, indices in index_batches(rows, spec.batch_size, steps, recipe.seed, lengths):
             if state.finished:
@@ -100,7 +104,7 @@ def train_adapter(stage: str, spec, recipe, backbone, folder, progress, *, rows:
                                                  **{name: mean(n[name] for n in logged) for name in logged[-1]}})
                 logged = []
             if state.finished or step % spec.checkpoint_every == 0:
-                save_checkpoint(stage, backbone, folder, state, optimizer, scheduler, stage_hash, role)
+                save_checkpoint(stage, backbone, folder, stage_hash, (role,), state, optimizer, scheduler)
             bar.advance(loss=state.losses[-1], best=state.best[criterion], tok_s=round(tokens_per_s))
     if state.stopped_early:
         progress.note(f"{stage}: stopped at step {state.step} of {steps}: no better held-out {criterion} in "
@@ -111,34 +115,53 @@ def train_adapter(stage: str, spec, recipe, backbone, folder, progress, *, rows:
     return state
 
 
+@contextmanager
+def without_dropout(model) -> Iterator[None]:
+    """Inside, every dropout layer of the model (the base's and LoRA's) drops nothing; train mode stays on, so
+    gradient checkpointing still applies."""
+    layers = [module for module in model.modules() if isinstance(module, torch.nn.Dropout)]
+    rates = [layer.p for layer in layers]
+    for layer in layers:
+        layer.p = 0.0
+    try:
+        yield
+    finally:
+        for layer, rate in zip(layers, rates):
+            layer.p = rate
+
+
 def _checked(check: Callable[[int], dict], folder, stage: str, step: int) -> dict:
     found = check(step)
     folder.log_metrics(stage, step, {f"eval_{k}": v for k, v in found.items()})
     return found
 
 
-def save_checkpoint(stage: str, backbone, folder, state: LoopState, optimizer, scheduler, stage_hash: str,
-                    role: str | None = None) -> None:
-    """The adapter being trained (and its head), the optimizer, the schedule, the random state and the loop's
-    state, in one atomic folder (written by the first process; every process calls this)."""
+def save_checkpoint(stage: str, backbone, folder, stage_hash: str, roles: tuple[str, ...], state, optimizer,
+                    scheduler=None) -> None:
+    """The adapters being trained (and their heads), the optimizer, the schedule (if any), the random state and the
+    loop's state (a dataclass), in one atomic folder (written by the first process; every process calls this)."""
     if not distributed.is_main():
         distributed.barrier()
         return
     try:
         with atomic_path(folder.checkpoint_dir(stage)) as temp:
             temp.mkdir()
-            backbone.write_adapter(role or stage, temp / (role or stage))
+            for role in roles:
+                backbone.write_adapter(role, temp / role)
             torch.save({"stage_hash": stage_hash, "state": asdict(state), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                        temp / CHECKPOINT_STATE)
     finally:
         distributed.barrier()
 
 
-def read_checkpoint(stage: str, backbone, folder, stage_hash: str, progress, role: str | None = None) -> dict | None:
-    """The last checkpoint of this same stage (same hash), its adapter loaded in place of the fresh one (and in
-    use, trainable); None when there is none."""
+def read_checkpoint(stage: str, backbone, folder, stage_hash: str, progress, roles: tuple[str, ...],
+                    unit: str = "step") -> dict | None:
+    """The last checkpoint of this same stage (same hash), its adapters loaded in place of the fresh ones; None
+    when there is none. `unit`: the loop state's counter (step, iteration), for the note and the metrics log (the
+    steps after the checkpoint's run, and log, again)."""
     path = folder.checkpoint_dir(stage)
     if not (path / CHECKPOINT_STATE).is_file():
         return None
@@ -147,15 +170,14 @@ def read_checkpoint(stage: str, backbone, folder, stage_hash: str, progress, rol
         progress.note(f"[yellow]{stage}: the checkpoint was made with another recipe; starting over[/yellow]")
         folder.drop_metrics(stage)
         return None
-    role = role or stage
-    backbone.load_adapter(role, path / role)
-    backbone.set_trainable(role)
-    backbone.use(role)
-    progress.note(f"{stage}: resuming after step {saved['state']['step']} from {path}")
+    for role in roles:
+        backbone.load_adapter(role, path / role)
+    folder.drop_metrics(stage, after_step=saved["state"][unit])
+    progress.note(f"{stage}: resuming after {unit} {saved['state'][unit]} from {path}")
     return saved
 
 
-def resume(saved: dict | None, optimizer, scheduler, folder, stage: str) -> LoopState:
+def resume(saved: dict | None, optimizer, scheduler) -> LoopState:
     """The loop state of a checkpoint, with its optimizer, schedule and random state restored; a fresh state
     without one."""
     if saved is None:
@@ -165,9 +187,7 @@ def resume(saved: dict | None, optimizer, scheduler, folder, stage: str) -> Loop
     torch.set_rng_state(saved["rng"])
     if saved["cuda_rng"]:
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    state = LoopState(**saved["state"])
-    folder.drop_metrics(stage, after_step=state.step)  # the steps after it run (and log) again
-    return state
+    return LoopState(**saved["state"])
 
 
 def step_plan(rows: int, batch_size: int, epochs: float, max_steps: int | None) -> int:

@@ -15,6 +15,7 @@ from lorahf.progress import Progress
 from lorahf.recipe import validate
 from lorahf.runs import RunFolder
 from lorahf.stages import ppo as ppo_stage
+from lorahf.training import CHECKPOINT_STATE
 
 from tests.conftest import EXAMPLE_DATA
 
@@ -112,7 +113,7 @@ def test_killed_mid_ppo_resumes_from_its_checkpoint_and_ends_where_an_unbroken_r
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(broken)
     folder = RunFolder(broken.run_dir)
-    assert (folder.checkpoint_dir("ppo") / ppo_stage.STATE_FILE).is_file() and not folder.is_done(
+    assert (folder.checkpoint_dir("ppo") / CHECKPOINT_STATE).is_file() and not folder.is_done(
         "ppo", broken.stage_hash("ppo"))
     monkeypatch.setattr(ppo_stage, "iterate", iterate)
     progress = _Notes()

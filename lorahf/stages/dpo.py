@@ -99,7 +99,8 @@ def run(recipe, backbone, folder, progress) -> dict:
     lengths = ([len(p) + len(c) + len(r) for p, c, r in zip(train.prompts, train.chosen, train.rejected)]
                if spec.group_by_length else None)
     state = train_adapter("dpo", spec, recipe, backbone, folder, progress, rows=len(train), lengths=lengths,
-                          loss=loss, check=lambda step: evaluate(backbone, held_out, spec), criterion="loss", role=role)
+                          loss=loss, check=lambda step: evaluate(backbone, held_out, spec), criterion="loss", role=role,
+                          dropout=spec.dropout)
 
     # 4. Alarm, and the best policy against sft
     fell = chosen_logprob_fell(folder.read_metrics("dpo"), state.start["logprob_chosen"], spec.chosen_logprob_alarm)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import resource
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
@@ -39,13 +39,12 @@ from lorahf.ppo.rollout import POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, Mo
 from lorahf.ppo.update import make_optimizer, train_on
 from lorahf.report import Check, judged_comparisons, scalar_table, series
 from lorahf.roles import POLICY_LAST
-from lorahf.runs import atomic_path
-from lorahf.training import ensure_adapter, index_batches, load_stage_data, mean
+from lorahf.training import (ensure_adapter, index_batches, load_stage_data, mean, read_checkpoint,
+                             save_checkpoint)
 
 LAST = POLICY_LAST  # the adapter of the last iteration; `policy` holds the best
 FINAL_EVAL_PROMPTS = 200  # held-out prompts the final comparison answers
 ANSWER_BATCH = 64
-STATE_FILE = "state.pt"
 
 
 @dataclass
@@ -150,7 +149,8 @@ def start(recipe, backbone, folder, progress):
     ensure_adapter(backbone, folder, REFERENCE, needed_by="ppo")
     if spec.reward_judge is None:
         ensure_adapter(backbone, folder, REWARD, needed_by="ppo")
-    state, optimizer_state = load_checkpoint(backbone, folder, recipe.stage_hash("ppo"), progress)
+    saved = read_checkpoint("ppo", backbone, folder, recipe.stage_hash("ppo"), progress, (POLICY, VALUE), "iteration")
+    state = State(**saved["state"]) if saved else None
     if state is None:
         backbone.copy_adapter(REFERENCE, POLICY)
         if spec.reward_judge is None:
@@ -162,8 +162,8 @@ def start(recipe, backbone, folder, progress):
         state = State()
     backbone.set_trainable(POLICY, VALUE)
     optimizer = make_optimizer(backbone, spec)
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
+    if saved:
+        optimizer.load_state_dict(saved["optimizer"])
     controller = (AdaptiveKLController(spec.beta, spec.kl_target, spec.kl_horizon) if spec.kl_target
                   else FixedKLController(spec.beta))
     if state.kl_controller:
@@ -210,7 +210,7 @@ def one_iteration(backbone, recipe, folder, state: State, optimizer, controller,
     numbers["alarms"] = found
     folder.log_metrics("ppo", iteration, numbers)
     if iteration % spec.checkpoint_every == 0 and iteration < spec.iterations:
-        save_checkpoint(backbone, folder, state, optimizer, recipe.stage_hash("ppo"))
+        save_checkpoint("ppo", backbone, folder, recipe.stage_hash("ppo"), (POLICY, VALUE), state, optimizer)
     return numbers
 
 
@@ -326,42 +326,7 @@ def compare_with_sft(backbone, recipe, held_out: Prompts, scorer, judges: dict, 
     return metrics
 
 
-# -------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(backbone, folder, state: State, optimizer, stage_hash: str) -> None:
-    """Adapters, heads, optimizer and loop state, in one atomic folder (written by the first process; every
-    process calls this)."""
-    if not distributed.is_main():
-        distributed.barrier()
-        return
-    try:
-        with atomic_path(folder.checkpoint_dir("ppo")) as temp:
-            temp.mkdir()
-            backbone.write_adapter(POLICY, temp / POLICY)
-            backbone.write_adapter(VALUE, temp / VALUE)
-            torch.save({"stage_hash": stage_hash, "state": asdict(state), "optimizer": optimizer.state_dict()},
-                       temp / STATE_FILE)
-    finally:
-        distributed.barrier()
-
-
-def load_checkpoint(backbone, folder, stage_hash: str, progress) -> tuple[State | None, dict | None]:
-    """The last checkpoint of this same stage (same hash) loaded into the backbone, or (None, None)."""
-    path = folder.checkpoint_dir("ppo")
-    if not (path / STATE_FILE).is_file():
-        return None, None
-    saved = torch.load(path / STATE_FILE, weights_only=True)
-    if saved["stage_hash"] != stage_hash:
-        progress.note("[yellow]ppo: the checkpoint was made with another recipe; starting over[/yellow]")
-        folder.drop_metrics("ppo")
-        return None, None
-    backbone.load_adapter(POLICY, path / POLICY)
-    backbone.load_adapter(VALUE, path / VALUE)
-    state = State(**saved["state"])
-    folder.drop_metrics("ppo", after_step=state.iteration)  # the iterations after it run (and log) again
-    progress.note(f"ppo: resuming after iteration {state.iteration} from {path}")
-    return state, saved["optimizer"]
-
-
+# ------------------------------------------------------------------------------------------- memory
 def peak_memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated on a GPU; the process's peak resident memory on a CPU."""
     if device.type == "cuda":
