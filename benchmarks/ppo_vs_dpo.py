@@ -57,13 +57,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--name", default="ppo-vs-dpo")
     parser.add_argument("--output-dir", default="runs")
     parser.add_argument("--out", default=None, help="JSON file for the figures")
+    parser.add_argument("--only", default=None, help="rerun only these stages (comma-separated), e.g. dpo,evaluate "
+                        "after changing dpo's settings; the others' costs come from --previous")
+    parser.add_argument("--previous", default=None, help="the JSON of an earlier run of this script (with --only)")
     args = parser.parse_args(argv)
 
     raw = combined_recipe(REPO / args.ppo_recipe, REPO / args.dpo_recipe, args.name, args.output_dir)
     recipe = REPO / args.output_dir / f"{args.name}.yaml"
     recipe.parent.mkdir(parents=True, exist_ok=True)
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
-    costs = {stage: run_stage(recipe, stage) for stage in raw["stages"]}
+    only = args.only.split(",") if args.only else raw["stages"]
+    costs = json.loads(Path(args.previous).read_text())["costs"] if args.previous else {}
+    costs.update({stage: run_stage(recipe, stage) for stage in raw["stages"] if stage in only})
     run_dir = REPO / args.output_dir / args.name
     markers = {stage: json.loads((run_dir / "stages" / f"{stage}.json").read_text())["metrics"]
                for stage in raw["stages"]}
