@@ -1,4 +1,4 @@
-"""Four SIGKILLs of a short four-stage run, two at random moments and two inside saves, each followed by the
+"""SIGKILLs of a short four-stage run, at a random moment and inside a save, each followed by the
 same command: the run completes, every file parses, nothing temporary is left, each step is logged once, and
 the final metrics equal an uninterrupted run's (benchmarks/kill_resume.py; BENCHMARKS.md has the long version)."""
 
@@ -25,10 +25,10 @@ def test_kills_at_random_moments_and_inside_saves_end_where_an_unbroken_run_does
         ppo=tiny_ppo_section(iterations=4, eval_every=3, checkpoint_every=2),
         evaluate={"max_prompts": 8})
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
-    result = _harness().main(["--recipe", "recipe.yaml", "--kills", "4", "--mode", "mixed", "--seed", "1",
+    result = _harness().main(["--recipe", "recipe.yaml", "--kills", "2", "--mode", "mixed", "--seed", "1",
                               "--cwd", str(tmp_path)])
-    assert result["kills"] == 4 and result["problems"] == [], result
-    assert sum("(save" in where for where in result["landed_in"]) == 2, result  # two of them inside saves
+    assert result["kills"] == 2 and result["problems"] == [], result
+    assert sum("(save" in where for where in result["landed_in"]) == 1, result  # one of them inside a save
 
 
 def test_kills_inside_sft_reward_and_dpo_resume_from_their_last_checkpoint(tmp_path, tiny_model_dir):
