@@ -13,8 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
+from lorahf import distributed
+from lorahf.data import Seq2SeqBatch, collate
 from lorahf.errors import LorahfError
+from lorahf.logprobs import exact_kl, log_distribution
 from lorahf.metrics import win_rate_of
+from lorahf.roles import SFT
 
 EVAL_SEED = 1234  # held-out answers are sampled from this seed, the same for every adapter and check
 
@@ -76,14 +82,40 @@ class Comparison:
         return values if values and all(value is not None for value in values) else None
 
 
+@torch.no_grad()
 def answer(backbone, role: str | None, prompts: Prompts, sampling: Sampling, scorer=None) -> dict:
-    """`role`'s answers (None: the untrained base) with their score (under `scorer`, if any), length and the
-    exact KL to sft along them."""
-    from lorahf.ppo.rollout import answers
-
-    return answers(backbone, role, prompts.ids, prompts.texts, scorer, sampling.max_new_tokens, greedy=sampling.greedy,
-                   temperature=sampling.temperature, top_k=sampling.top_k, batch_size=sampling.batch_size,
-                   seed=sampling.seed)
+    """`role`'s answers (None: the untrained base) to the prompts, with their score (under `scorer`, if any), length
+    and the exact KL(role || sft) of the next-token distributions along them at the sampling temperature, summed
+    over their tokens (0 for sft itself). Sampled from `sampling.seed`, so every role answers from the same random
+    stream; the caller's random state is left as it was. With data parallelism each process answers its share."""
+    out = {"texts": [], "rewards": [], "lengths": [], "kl": []}
+    everyone = len(prompts.ids)
+    mine = distributed.share(list(range(everyone)))
+    prompt_ids, texts = [prompts.ids[i] for i in mine], [prompts.texts[i] for i in mine]
+    backbone.model.eval()
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(sampling.seed)
+    for start in range(0, len(prompt_ids), sampling.batch_size):
+        encoded = collate(prompt_ids[start:start + sampling.batch_size], None, backbone.tokenizer.pad_token_id)
+        encoded = encoded.to(backbone.device)
+        responses, lengths = backbone.use(role).generate(encoded, sampling.max_new_tokens,
+                                                         do_sample=not sampling.greedy,
+                                                         temperature=sampling.temperature, top_k=sampling.top_k)
+        mask = (torch.arange(responses.shape[1], device=responses.device)[None, :] < lengths[:, None]).long()
+        batch = Seq2SeqBatch(encoded.input_ids, encoded.attention_mask, responses, mask, lengths)
+        if role == SFT or not backbone.has_adapter(SFT):
+            kl = torch.zeros(len(lengths))
+        else:
+            log_p = log_distribution(backbone.use(role).response_logits(batch), sampling.temperature)
+            log_q = log_distribution(backbone.use(SFT).response_logits(batch), sampling.temperature)
+            kl = exact_kl(log_p, log_q, mask).sum(1)
+        if scorer is not None:
+            out["rewards"] += scorer(backbone, texts[start:start + sampling.batch_size], batch).tolist()
+        out["texts"] += [text.strip() for text in backbone.tokenizer.batch_decode(responses, skip_special_tokens=True)]
+        out["lengths"] += lengths.tolist()
+        out["kl"] += kl.cpu().tolist()
+    torch.set_rng_state(generator_state)
+    return distributed.merge_shares(out, everyone)
 
 
 def compare_adapters(backbone, prompts: Prompts, adapters: list[str | None], judges: dict, sampling: Sampling,

@@ -17,7 +17,7 @@ import torch
 
 from lorahf import distributed, roles
 from lorahf.data import Seq2SeqBatch, collate
-from lorahf.logprobs import exact_kl, log_distribution, token_logprobs, token_logprobs_and_entropy
+from lorahf.logprobs import token_logprobs, token_logprobs_and_entropy
 from lorahf.scoring import scores_of
 
 POLICY, REWARD, VALUE = roles.POLICY, roles.REWARD, roles.VALUE
@@ -125,38 +125,3 @@ def take(rollout_batch: Seq2SeqBatch, rows: torch.Tensor) -> Seq2SeqBatch:
                         ("response_ids", response_width), ("response_mask", response_width)):
         picked[name] = picked[name][:, :width]
     return Seq2SeqBatch(**picked)
-
-
-@torch.no_grad()
-def answers(backbone, role: str | None, prompt_ids: list[list[int]], prompts: list[str], scorer, max_new_tokens: int,
-            greedy: bool, temperature: float, top_k: int = 0, batch_size: int = 64, seed: int = 1234) -> dict:
-    """Answers of `role` to held-out prompts (greedy, or sampled from `seed`, so every role answers from the
-    same random stream), their score (None without a scorer), length and the exact KL(role || sft) of the
-    next-token distributions along them at `temperature`, summed over their tokens (0 for sft itself)."""
-    out = {"texts": [], "rewards": [], "lengths": [], "kl": []}
-    everyone = len(prompt_ids)
-    mine = distributed.share(list(range(everyone)))  # data parallelism: each process answers its share
-    prompt_ids, prompts = [prompt_ids[i] for i in mine], [prompts[i] for i in mine]
-    backbone.model.eval()
-    generator_state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    for start in range(0, len(prompt_ids), batch_size):
-        encoded = collate(prompt_ids[start:start + batch_size], None, backbone.tokenizer.pad_token_id)
-        encoded = encoded.to(backbone.device)
-        responses, lengths = backbone.use(role).generate(encoded, max_new_tokens, do_sample=not greedy,
-                                                         temperature=temperature, top_k=top_k)
-        mask = (torch.arange(responses.shape[1], device=responses.device)[None, :] < lengths[:, None]).long()
-        batch = Seq2SeqBatch(encoded.input_ids, encoded.attention_mask, responses, mask, lengths)
-        if role == REFERENCE or not backbone.has_adapter(REFERENCE):
-            kl = torch.zeros(len(lengths))
-        else:
-            log_p = log_distribution(backbone.use(role).response_logits(batch), temperature)
-            log_q = log_distribution(backbone.use(REFERENCE).response_logits(batch), temperature)
-            kl = exact_kl(log_p, log_q, mask).sum(1)
-        if scorer is not None:
-            out["rewards"] += scorer(backbone, prompts[start:start + batch_size], batch).tolist()
-        out["texts"] += [text.strip() for text in backbone.tokenizer.batch_decode(responses, skip_special_tokens=True)]
-        out["lengths"] += lengths.tolist()
-        out["kl"] += kl.cpu().tolist()
-    torch.set_rng_state(generator_state)
-    return distributed.merge_shares(out, everyone)
