@@ -21,6 +21,7 @@ from lorahf.errors import LorahfError
 from lorahf.logprobs import exact_kl, log_distribution
 from lorahf.metrics import win_rate_of
 from lorahf.roles import SFT
+from lorahf.training import mean
 
 EVAL_SEED = 1234  # held-out answers are sampled from this seed, the same for every adapter and check
 
@@ -156,6 +157,22 @@ def judged_metrics(found: Comparison, adapter: str, baseline_name: str, adapter_
         metrics.update({f"{judge}_win_rate_vs_{baseline_name}": wins["win_rate"], f"{judge}_win_rate_low": wins["low"],
                         f"{judge}_win_rate_high": wins["high"]})
     return metrics
+
+
+def policy_against_sft(backbone, prompts: Prompts, policy: str, judges: dict, sampling: Sampling, scorer, stage: str,
+                       progress) -> tuple[Comparison, dict]:
+    """A policy stage's final comparison: sft and `policy` answer `prompts`; the marker's numbers (prompts, KL to
+    sft, lengths, rewards where there is a scorer, every judge's scores and win rate; see `judged_metrics`)."""
+    found = compare_adapters(backbone, prompts, [SFT, policy], judges, sampling, scorer)
+    sft, mine = found.answers[SFT], found.answers[policy]
+    metrics = {"eval_prompts": len(prompts.ids), "kl": mean(mine["kl"]), "length_sft": mean(sft["lengths"]),
+               "length_policy": mean(mine["lengths"])}
+    if scorer is not None:
+        metrics.update(reward_sft=mean(sft["rewards"]), reward_policy=mean(mine["rewards"]))
+    metrics.update(judged_metrics(found, policy, "sft", "policy"))
+    for judge, _ in found.verdicts:
+        progress.note(f"{stage}: {describe_win(judge, found.win_rate(judge, policy))} ({policy} against sft)")
+    return found, metrics
 
 
 def held_out_prompts(recipe, limit: int, tokenizer) -> Prompts:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lorahf import distributed
-from lorahf.compare import Prompts, Sampling, compare_adapters, describe_win, judged_metrics
+from lorahf.compare import Prompts, Sampling, policy_against_sft
 from lorahf.data import collate, encode_prompts, preference_format
 from lorahf.errors import LorahfError
 from lorahf.judge import scoring_judges
@@ -254,16 +254,8 @@ def compare_with_sft(backbone, recipe, folder, held_out: Pairs, role: str, progr
         ensure_adapter(backbone, folder, REWARD, needed_by="dpo")
         scorer = ModelScorer()
     sampling = Sampling(recipe.max_response_tokens, temperature=FINAL_TEMPERATURE)
-    found = compare_adapters(backbone, Prompts(ids, texts), [SFT, role], scoring_judges(recipe), sampling, scorer)
-    sft, policy = found.answers[SFT], found.answers[role]
-    metrics = {"eval_prompts": len(texts), "kl": mean(policy["kl"]), "length_sft": mean(sft["lengths"]),
-               "length_policy": mean(policy["lengths"])}
-    if scorer is not None:
-        metrics.update(reward_sft=mean(sft["rewards"]), reward_policy=mean(policy["rewards"]))
-    metrics.update(judged_metrics(found, role, "sft", "policy"))
-    for judge, _ in found.verdicts:
-        progress.note(f"dpo: {describe_win(judge, found.win_rate(judge, role))} ({role} against sft)")
-    return metrics
+    return policy_against_sft(backbone, Prompts(ids, texts), role, scoring_judges(recipe), sampling, scorer, "dpo",
+                              progress)[1]
 
 
 # ------------------------------------------------------------------------------- plan and report

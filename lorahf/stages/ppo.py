@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lorahf import distributed
-from lorahf.compare import Prompts, Sampling, answer, compare_adapters, describe_win, judged_metrics
+from lorahf.compare import Prompts, Sampling, answer, policy_against_sft
 from lorahf.data import encode_prompts
 from lorahf.errors import LorahfError
 from lorahf.judge import scoring_judges
@@ -309,20 +309,14 @@ def samples(check: dict, held_out: Prompts, spec, iteration: int) -> list[dict]:
 
 def compare_with_sft(backbone, recipe, held_out: Prompts, scorer, judges: dict, progress) -> dict:
     """Reward, KL, ROUGE-L and every judge's score of the policy's answers vs sft's, with win rates."""
-    found = compare_adapters(backbone, held_out, [REFERENCE, POLICY], judges, sampling(recipe), scorer)
+    found, metrics = policy_against_sft(backbone, held_out, POLICY, judges, sampling(recipe), scorer, "ppo", progress)
     sft, policy = found.answers[REFERENCE], found.answers[POLICY]
-    wins = win_rate(policy["rewards"], sft["rewards"])
-    metrics = {"eval_prompts": len(held_out.ids), "reward_sft": mean(sft["rewards"]),
-               "reward_policy": mean(policy["rewards"]), "win_rate_by_reward": wins["win_rate"],
-               "kl": mean(policy["kl"]), "length_sft": mean(sft["lengths"]), "length_policy": mean(policy["lengths"])}
+    metrics["win_rate_by_reward"] = win_rate(policy["rewards"], sft["rewards"])["win_rate"]
     if held_out.references:
         metrics["rouge_l_sft"] = rouge_l(sft["texts"], held_out.references)
         metrics["rouge_l_policy"] = rouge_l(policy["texts"], held_out.references)
     progress.note(f"ppo: held-out reward {metrics['reward_policy']:.3f} vs sft {metrics['reward_sft']:.3f}, "
                   f"KL {metrics['kl']:.2f} nats per answer")
-    metrics.update(judged_metrics(found, POLICY, "sft", "policy"))
-    for judge, _ in found.verdicts:
-        progress.note(f"ppo: {describe_win(judge, found.win_rate(judge, POLICY))} (policy against sft)")
     return metrics
 
 
