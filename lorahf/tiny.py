@@ -33,6 +33,13 @@ SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2: the T5 layout
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 MARKER_FILE = "lorahf_tiny.json"
 BUILD = 2  # raised whenever make_tiny builds another model from the same spec (2: digits, position heads)
+CAUSAL_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2: the Llama-2 layout (no pad token, as Llama)
+CAUSAL_BUILD = 1  # BUILD's counterpart for the tiny Llama
+# Zephyr-like: text markers (plain BPE pieces, no special tokens), each turn closed by </s>; BOS first, because
+# apply_chat_template tokenizes without adding special tokens.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}"
+                 "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+                 "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
 
 
 @dataclass(frozen=True)
@@ -50,26 +57,55 @@ class TinySpec:
     seed: int = 0
 
 
-def make_tiny(data_dir: str | Path, out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
-    """Train the tokenizer on `data_dir`'s text and save a random tiny T5 to `out_dir`, deterministically."""
+@dataclass(frozen=True)
+class TinyCausalSpec:
+    """Shape of the tiny Llama (SmolLM2 / Llama layout: RoPE, RMSNorm, SwiGLU, grouped-query attention)."""
+
+    vocab_size: int = 512
+    hidden_size: int = 128
+    intermediate_size: int = 512  # SwiGLU's inner width
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2  # fewer than the heads: grouped-query attention, as SmolLM2 and Llama 3
+    tie_word_embeddings: bool = False
+    seed: int = 0
+
+
+def make_tiny(data_dir: str | Path, out_dir: str | Path, spec: TinySpec | TinyCausalSpec = TinySpec()) -> Path:
+    """Train the tokenizer on `data_dir`'s text and save a random tiny model to `out_dir`, deterministically:
+    a T5 for a `TinySpec`, a Llama-shaped decoder for a `TinyCausalSpec`."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if out_dir.exists() and not (out_dir / MARKER_FILE).is_file() and any(out_dir.iterdir()):
-        # The new model replaces out_dir whole: never swallow a folder that is not an earlier tiny T5.
-        raise LorahfError(f"{out_dir}: exists and is not a tiny T5 built by lorahf; give a new or empty folder")
+        # The new model replaces out_dir whole: never swallow a folder that is not an earlier tiny model.
+        raise LorahfError(f"{out_dir}: exists and is not a tiny T5 or Llama built by lorahf; give a new or empty folder")
     texts = list(_texts(data_dir))
     if not texts:
         raise LorahfError(f"{data_dir}: no text found in {', '.join(DATA_SUFFIXES)} files to train a tokenizer on")
-    tokenizer = train_tokenizer(texts, spec.vocab_size)
-    model = build_model(spec, vocab_size=len(tokenizer))
+    if isinstance(spec, TinyCausalSpec):
+        tokenizer = train_causal_tokenizer(texts, spec.vocab_size)
+        model = build_causal_model(spec, vocab_size=len(tokenizer))
+        marker = {"family": "causal", "build": CAUSAL_BUILD}
+    else:  # the T5's marker stays as it always was: readers take a missing family for seq2seq
+        tokenizer = train_tokenizer(texts, spec.vocab_size)
+        model = build_model(spec, vocab_size=len(tokenizer))
+        marker = {"build": BUILD}
     with atomic_path(out_dir) as temp:
         temp.mkdir()
         tokenizer.save_pretrained(temp)
         with _no_progress_bars():  # the library never prints; save_pretrained would draw a tqdm bar
             model.save_pretrained(temp)
-        (temp / MARKER_FILE).write_text(json.dumps({"built_from": str(data_dir), "spec": asdict(spec), "build": BUILD,
+        (temp / MARKER_FILE).write_text(json.dumps({"built_from": str(data_dir), "spec": asdict(spec), **marker,
                                                     "data_fingerprint": data_fingerprint(data_dir)},
                                                    indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def tiny_family(model_dir: str | Path) -> str | None:
+    """"seq2seq" or "causal" for a tiny model built by `make_tiny` (by its marker file); None for any other folder."""
+    marker = Path(model_dir) / MARKER_FILE
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text()).get("family", "seq2seq")  # T5 markers predate the family key
 
 
 def data_fingerprint(data_dir: str | Path) -> str:
@@ -81,16 +117,17 @@ def data_fingerprint(data_dir: str | Path) -> str:
 
 
 def why_stale(model_dir: str | Path, data_dir: str | Path) -> str | None:
-    """Why `model_dir`, a tiny T5, is not what `make_tiny(data_dir)` would build now; None when it is
-    (or when it is not a tiny T5 at all)."""
+    """Why `model_dir`, a tiny model, is not what `make_tiny(data_dir)` would build now; None when it is
+    (or when it is not a tiny model at all)."""
     marker = Path(model_dir) / MARKER_FILE
     if not marker.is_file():
         return None
     recorded = json.loads(marker.read_text())
+    kind, build = ("tiny Llama", CAUSAL_BUILD) if recorded.get("family") == "causal" else ("tiny T5", BUILD)
     if recorded.get("data_fingerprint") not in (None, data_fingerprint(data_dir)):
-        return f"this tiny T5 was built from other data than {data_dir} holds now"
-    if recorded.get("build") != BUILD:
-        return "this tiny T5 was built by an older lorahf (another tokenizer or init)"
+        return f"this {kind} was built from other data than {data_dir} holds now"
+    if recorded.get("build") != build:
+        return f"this {kind} was built by an older lorahf (another tokenizer or init)"
     return None
 
 
@@ -172,6 +209,58 @@ def position_heads(model, strength: float) -> None:
             bias.weight.copy_(table)
 
 
+def train_causal_tokenizer(texts: list[str], vocab_size: int):
+    """The T5 tokenizer's BPE (fixed ASCII alphabet, digits apart) with Llama-2's specials: <unk>=0, <s>=1, </s>=2,
+    BOS prepended and no EOS appended, no pad token, and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    # "\n" too, which the T5's alphabet lacks: the chat template puts one after each role marker.
+    alphabet = list(string.ascii_letters + string.digits + string.punctuation) + ["▁", "\n"]
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.normalizer = normalizers.NFKC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
+                                                     pre_tokenizers.Digits(individual_digits=True)])
+    backend.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CAUSAL_SPECIAL_TOKENS,
+                                  initial_alphabet=alphabet, limit_alphabet=len(alphabet), show_progress=False)
+    backend.train_from_iterator(texts, trainer)
+    # Like Llama's tokenizer: every encoded text starts with <s>; the caller appends </s> to a response.
+    # (transformers 5 drops add_bos_token from the saved config, so a loaded tokenizer's add_bos_token reads
+    # False: this post-processor, saved in tokenizer.json, is what prepends BOS.)
+    backend.post_processor = processors.TemplateProcessing(single="<s>:0 $A:0", pair="<s>:0 $A:0 <s>:1 $B:1",
+                                                           special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=2048, chat_template=CHAT_TEMPLATE)
+
+
+def causal_model_config(spec: TinyCausalSpec, vocab_size: int | None = None):
+    """The LlamaConfig of the tiny Llama of `spec` with `vocab_size` tokens (None: the spec's target)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size or spec.vocab_size, hidden_size=spec.hidden_size,
+                       intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,
+                       num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
+                       max_position_embeddings=2048, tie_word_embeddings=spec.tie_word_embeddings,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=None)
+
+
+def build_causal_model(spec: TinyCausalSpec, vocab_size: int):
+    """A randomly initialised LlamaForCausalLM: Llama's init (std 0.02), but the LM head's std is hidden_size^-0.5."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(causal_model_config(spec, vocab_size))
+    # LoRA trains neither the head nor the final RMSNorm, so a head of std 0.02 caps every logit near
+    # 0.02 * hidden_size (2.6 at 128): the summaries' loss could not fall below ~3.9 nats and sampling stayed
+    # nearly uniform while greedy answers were right. Std hidden_size^-0.5 (the tiny T5's) lets a logit reach
+    # ~sqrt(hidden_size). A tied head is the embedding matrix, so it gets the same std.
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        head.weight.normal_(0.0, spec.hidden_size ** -0.5)
+    return model
+
+
 @contextmanager
 def _no_progress_bars():
     from transformers.utils import logging as hf_logging
@@ -201,3 +290,13 @@ def _texts(data_dir: Path):
 def _data_files(data_dir: Path) -> list[Path]:
     """The folder's data files, in a fixed order (the tokenizer and the fingerprint both depend on it)."""
     return sorted(p for p in data_dir.rglob("*") if p.suffix in DATA_SUFFIXES)
+
+
+def spec_for(family: str) -> TinySpec | TinyCausalSpec:
+    """The default spec of a family's tiny base ("seq2seq": the T5, "causal": the Llama)."""
+    return TinyCausalSpec() if family == "causal" else TinySpec()
+
+
+def config_of(spec: TinySpec | TinyCausalSpec):
+    """The transformers config `make_tiny` builds for `spec` (what `lorahf plan` plans from before it is built)."""
+    return causal_model_config(spec) if isinstance(spec, TinyCausalSpec) else model_config(spec)

@@ -175,3 +175,121 @@ def test_digits_are_pieces_of_their_own(tiny_model_dir):
     assert summary[3:7] == ["▁", "3", "-", "1"] and report[3:7] == ["▁", "3", "▁to", "▁"]
     assert all(len(piece.strip("▁")) <= 1 for piece in tokenizer.tokenize("A crowd of 33200 and 2-0.")
                if any(c.isdigit() for c in piece))
+
+
+# ------------------------------------------------------------------------------ the tiny Llama (--family causal)
+
+@pytest.fixture(scope="module")
+def tiny_causal_dir(tmp_path_factory) -> Path:
+    from lorahf.tiny import TinyCausalSpec
+
+    return make_tiny(EXAMPLE_DATA, tmp_path_factory.mktemp("tiny-causal") / "tiny-llama", TinyCausalSpec())
+
+
+def test_causal_building_twice_gives_identical_files(tmp_path, tiny_causal_dir):
+    from lorahf.tiny import TinyCausalSpec
+
+    again = make_tiny(EXAMPLE_DATA, tmp_path / "again", TinyCausalSpec())
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "model.safetensors", "config.json"):
+        assert (again / name).read_bytes() == (tiny_causal_dir / name).read_bytes(), name
+    other = make_tiny(EXAMPLE_DATA, tmp_path / "seed1", TinyCausalSpec(seed=1))
+    assert (other / "model.safetensors").read_bytes() != (tiny_causal_dir / "model.safetensors").read_bytes()
+
+
+def test_causal_tokenizer_has_llama_specials_prepends_bos_and_has_no_pad(tiny_causal_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2]) == ["<unk>", "<s>", "</s>"]
+    assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    assert tokenizer.pad_token is None and tokenizer.pad_token_id is None  # as Llama: lorahf gives it one at load
+    texts = ["Rangers beat Foxes 3-1 in Dundee.", "a", "The attendance was 16400."]
+    for ids in tokenizer(texts).input_ids:
+        assert ids[0] == 1 and ids.count(1) == 1  # BOS first, once
+        assert 2 not in ids and 0 not in ids  # no EOS appended, no unknown pieces for the task's own text
+    assert tokenizer("a", add_special_tokens=False).input_ids[0] != 1
+    assert tokenizer.tokenize("Tigers beat Rangers 3-1.")[3:7] == ["▁", "3", "-", "1"]  # digits apart, as the T5's
+
+
+def test_causal_decoding_round_trips_the_example_text(tiny_causal_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    rows = [json.loads(line) for line in (EXAMPLE_DATA / "sft.jsonl").read_text().splitlines()[:50]]
+    for row in rows:
+        for text in (row["summary"], row["document"]):
+            ids = tokenizer(text).input_ids
+            assert tokenizer.decode(ids, skip_special_tokens=True) == text
+            assert tokenizer.decode(ids).startswith("<s>")
+
+
+def test_causal_model_is_a_llama_with_grouped_query_attention(tiny_causal_dir):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from lorahf.tiny import TinyCausalSpec, causal_model_config
+
+    config = AutoConfig.from_pretrained(tiny_causal_dir)
+    assert config.model_type == "llama" and not config.is_encoder_decoder
+    assert config.num_key_value_heads < config.num_attention_heads  # grouped-query attention
+    assert config.hidden_act == "silu" and config.rope_parameters["rope_type"] == "default"
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (1, 2, None)
+    tokenizer_vocab = json.loads((tiny_causal_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    assert config.vocab_size == len(tokenizer_vocab)
+    planned = causal_model_config(TinyCausalSpec(), config.vocab_size)
+    assert (planned.hidden_size, planned.num_hidden_layers) == (config.hidden_size, config.num_hidden_layers)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    head, embeddings = model.lm_head.weight, model.model.embed_tokens.weight
+    assert (head is embeddings) == config.tie_word_embeddings
+    # The head's std is hidden_size^-0.5, not Llama's 0.02 (which capped the logits: see build_causal_model).
+    assert abs(head.std().item() - config.hidden_size ** -0.5) < 0.01
+    logits = model(**AutoTokenizer.from_pretrained(tiny_causal_dir)("Rangers beat Foxes", return_tensors="pt")).logits
+    assert logits.shape[-1] == config.vocab_size and torch.isfinite(logits).all()
+
+
+def test_causal_chat_template_renders_after_a_reload(tiny_causal_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)  # saved by make_tiny, read back here
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Rangers beat Foxes 3-1."}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == "<s><|system|>\nBe brief.</s>\n<|user|>\nRangers beat Foxes 3-1.</s>\n<|assistant|>\n"
+    without = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert not without.endswith("<|assistant|>\n")
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    assert ids[0] == 1 and ids.count(1) == 1 and ids.count(2) == 2  # BOS once, each turn closed by EOS
+    assert 0 not in ids  # the markers and the newlines are all known pieces
+    assert ids == tokenizer(text, add_special_tokens=False).input_ids
+    # Like Llama-2's legacy tokenizer, a text piece after a special token starts with "▁", read back as a space.
+    assert tokenizer.decode(ids) == text.replace("</s>\n", "</s> \n").replace("<s><", "<s> <")
+
+
+def test_marker_names_the_family(tmp_path, tiny_causal_dir, tiny_model_dir):
+    from lorahf.tiny import CAUSAL_BUILD, tiny_family, why_stale
+
+    marker = json.loads((tiny_causal_dir / MARKER_FILE).read_text())
+    assert marker["family"] == "causal" and marker["build"] == CAUSAL_BUILD
+    assert "family" not in json.loads((tiny_model_dir / MARKER_FILE).read_text())  # the T5's marker is unchanged
+    assert (tiny_family(tiny_causal_dir), tiny_family(tiny_model_dir), tiny_family(tmp_path)) == \
+        ("causal", "seq2seq", None)
+    assert why_stale(tiny_causal_dir, EXAMPLE_DATA) is None
+    older = tmp_path / MARKER_FILE
+    older.write_text(json.dumps({**marker, "build": CAUSAL_BUILD - 1}))
+    assert "older lorahf" in why_stale(tmp_path, EXAMPLE_DATA) and "tiny Llama" in why_stale(tmp_path, EXAMPLE_DATA)
+
+
+def test_make_tiny_cli_builds_the_family_asked_for(tmp_path, monkeypatch, tiny_causal_dir):
+    from click.testing import CliRunner
+    from rich.console import Console
+
+    from lorahf import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=200, color_system=None))
+    out = tmp_path / "llama"
+    result = CliRunner().invoke(cli.main, ["make-tiny", "--data", str(EXAMPLE_DATA), "--out", str(out),
+                                           "--family", "causal"])
+    assert result.exit_code == 0, result.output
+    assert "tiny Llama (causal)" in result.stdout and str(out) in result.stdout
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        assert (out / name).read_bytes() == (tiny_causal_dir / name).read_bytes(), name
