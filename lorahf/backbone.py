@@ -13,6 +13,9 @@ peft's `set_adapter` also flips `requires_grad` (only the active adapter trains)
 the gradient of an adapter that is switched away from before `backward()`. PPO trains two adapters in
 one step, so the Backbone owns `requires_grad` itself: `set_trainable(...)` says which roles train, and
 switching roles never changes it.
+
+The base may be an encoder-decoder (T5) or decoder-only (Llama, Qwen, GPT): `self.family` (lorahf.families) is
+how it reads and writes sequences; the Backbone and the stages never ask which one it is.
 """
 
 from __future__ import annotations
@@ -98,8 +101,11 @@ class Backbone:
 
     _live: weakref.ref | None = None  # the Backbone alive in this process, if any
 
-    def __init__(self, model, tokenizer, name: str, quantization: str, device: torch.device):
+    def __init__(self, model, tokenizer, name: str, quantization: str, device: torch.device, family=None):
+        from lorahf.families import family_of
+
         self.base = model
+        self.family = family or family_of(model.config)
         self.tokenizer = tokenizer
         self.name = name
         self.quantization = quantization
@@ -115,33 +121,35 @@ class Backbone:
     @classmethod
     def load(cls, name: str, quantization: str = "8bit", device: str = "auto",
              gradient_checkpointing: bool = False) -> "Backbone":
-        """Load tokenizer and base once, frozen, through `from_pretrained` (a hub id or a local folder).
+        """Load tokenizer and base once, frozen, through `from_pretrained` (a hub id or a local folder); the family
+        (encoder-decoder or decoder-only) comes from the model's config.
 
-        `gradient_checkpointing` recomputes each T5 block's activations in the backward pass of training
+        `gradient_checkpointing` recomputes each block's activations in the backward pass of training
         forwards (train mode: SFT and reward); generation and eval-mode passes are unaffected."""
         live = cls._live() if cls._live else None
         if live is not None:
             raise LorahfError(f"a base model ({live.name}) is already loaded in this process; reuse that "
                               "Backbone or call .close() on it first")
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         quiet_libraries()
         target = _pick_device(device)
         check_folder(name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
-            model = AutoModelForSeq2SeqLM.from_pretrained(
+            family = _check_pair(name, AutoConfig.from_pretrained(name), tokenizer)
+            model = family.auto_class().from_pretrained(
                 name, dtype=_compute_dtype(target), device_map={"": str(target)},
                 quantization_config=_quantization_config(quantization, target))
         except (OSError, ValueError) as error:
             raise LorahfError(f"{name}: cannot load the model ({_first_line(error)})") from None
-        _check_pair(name, model.config, tokenizer)
+        give_pad_token(tokenizer)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         if gradient_checkpointing:  # non-reentrant: no input needs requires_grad, dropout's RNG is replayed
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False  # a cache is never wanted while training; generate() asks for its own
-        backbone = cls(model, tokenizer, name, quantization, target)
+        backbone = cls(model, tokenizer, name, quantization, target, family)
         cls._live = weakref.ref(backbone)
         return backbone
 
@@ -158,13 +166,14 @@ class Backbone:
         return self.peft if self.peft is not None else self.base
 
     @property
-    def t5(self):
-        """The underlying T5ForConditionalGeneration (with LoRA layers injected, if any)."""
+    def transformer(self):
+        """The underlying transformers model (T5ForConditionalGeneration, LlamaForCausalLM...), LoRA layers
+        injected if any."""
         return self.peft.get_base_model() if self.peft is not None else self.base
 
     @property
     def d_model(self) -> int:
-        return self.base.config.d_model
+        return self.base.config.hidden_size
 
     # --------------------------------------------------------------------------------- adapters
     @property
@@ -180,8 +189,8 @@ class Backbone:
 
         if self.has_adapter(role):
             raise LorahfError(f"adapter '{role}' already exists")
-        config = LoraConfig(task_type="SEQ_2_SEQ_LM", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules))
+        config = LoraConfig(task_type=self.family.peft_task, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=lora.target_modules)
         if self.peft is None:
             self.peft = get_peft_model(self.base, config, adapter_name=role)
         else:
@@ -359,30 +368,22 @@ class Backbone:
         return MemoryReport(base_bytes=base, adapter_bytes=adapters, head_bytes=heads)
 
     # ---------------------------------------------------------------------------------- forward
-    def encode(self, batch) -> torch.Tensor:
-        """Encoder states of the prompts, under the active role."""
-        return self.t5.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    def encode(self, batch) -> torch.Tensor | None:
+        """The prompts' own states under the active role, for reuse by `decode` and `generate`: an encoder-decoder's
+        encoder states; None for a decoder-only base (it reads the prompt with the response)."""
+        return self.family.encode(self.transformer, batch)
 
     def decode(self, batch, encoder_states: torch.Tensor | None = None) -> torch.Tensor:
-        """Decoder states for [start] + response, teacher-forced: [B, R + 1, d_model].
+        """States that read the responses, teacher-forced: [B, R + 1, d_model].
 
-        Position t has read the start token and response tokens < t, so states[:, t] predicts response
-        token t (t < R), and states[:, length] has read the whole response including its EOS."""
-        if encoder_states is None:
-            encoder_states = self.encode(batch)
-        start = torch.full_like(batch.response_ids[:, :1], self.t5.config.decoder_start_token_id)
-        decoder_ids = torch.cat([start, batch.response_ids], dim=1)
-        positions = torch.arange(decoder_ids.shape[1], device=decoder_ids.device)
-        decoder_mask = (positions[None, :] <= batch.response_lengths[:, None]).long()  # from lengths, never ids
-        return self.t5.decoder(input_ids=decoder_ids, attention_mask=decoder_mask,
-                               encoder_hidden_states=encoder_states,
-                               encoder_attention_mask=batch.attention_mask).last_hidden_state
+        states[:, t] has read the prompt and response tokens < t, so it predicts response token t (t < R), and
+        states[:, length] has read the whole response including its EOS. Only response positions (and the one
+        before the first) come out: nothing downstream can read a prompt or padding token as a target."""
+        return self.family.response_states(self.transformer, batch, encoder_states)
 
     def lm_logits(self, decoder_states: torch.Tensor) -> torch.Tensor:
-        """Next-token logits from decoder states, exactly as T5ForConditionalGeneration computes them."""
-        if getattr(self.t5.config, "scale_decoder_outputs", False):
-            decoder_states = decoder_states * (self.d_model ** -0.5)
-        return self.t5.lm_head(decoder_states)
+        """Next-token logits from `decode`'s states, exactly as the model's own forward computes them."""
+        return self.family.lm_logits(self.transformer, decoder_states)
 
     def response_logits(self, batch) -> torch.Tensor:
         """[B, R, vocab]: logits[:, t] scores response token t."""
@@ -446,23 +447,20 @@ class Backbone:
         response that hit the limit has no EOS and length max_new_tokens), and with `return_logits` also
         the raw next-token logits that chose each response token, [B, R, vocab] (before temperature or
         top-k). `encoder_states`: the prompts' encoder outputs under this role, if already computed."""
-        from transformers.modeling_outputs import BaseModelOutput
-
         was_training = self.model.training
         self.model.eval()
-        extra = {"encoder_outputs": BaseModelOutput(last_hidden_state=encoder_states)} if encoder_states is not None else {}
         try:
             with torch.inference_mode():
                 output = self.model.generate(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
+                    **self.family.generation_inputs(batch, encoder_states), max_new_tokens=max_new_tokens,
                     do_sample=do_sample, temperature=temperature if do_sample else None,
                     top_k=top_k if do_sample else None, top_p=top_p if do_sample else None,
                     pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                    output_logits=return_logits, return_dict_in_generate=True, **extra)
+                    output_logits=return_logits, return_dict_in_generate=True)
         finally:
             self.model.train(was_training)
         # clones made outside inference mode are ordinary tensors, usable later in autograd
-        responses, lengths = _cut_after_eos(output.sequences[:, 1:].clone(),  # drop the decoder start token
+        responses, lengths = _cut_after_eos(self.family.generated_responses(output.sequences, batch).clone(),
                                             self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
         if not return_logits:
             return responses, lengths
@@ -527,7 +525,7 @@ def _quant_state_bytes(tensor: torch.Tensor) -> int:
 
 def check_base(name: str, quantization: str = "8bit", device: str = "auto") -> None:
     """Refuse, without reading any weights, what `Backbone.load` would refuse: a folder that is not a
-    model, a model that is not an encoder-decoder, a tokenizer that does not belong to the model, a
+    model, a model that is neither an encoder-decoder nor a decoder-only LM, a tokenizer that does not belong to the model, a
     device or quantization this machine cannot run."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -569,16 +567,29 @@ def check_folder(name: str) -> None:
                       hint="download it where there is a network (hf download NAME) or give a local folder")
 
 
-def _check_pair(name: str, config, tokenizer) -> None:
-    if not getattr(config, "is_encoder_decoder", False):
-        raise LorahfError(f"{name}: lorahf needs an encoder-decoder model (T5 family), this is {config.model_type}")
+def _check_pair(name: str, config, tokenizer):
+    """The family of `name`'s model, once its tokenizer is seen to belong to it."""
+    from lorahf.families import family_of
+
+    family = family_of(config)
+    if family is None:
+        raise LorahfError(f"{name}: lorahf trains encoder-decoder (T5) and decoder-only (Llama, Qwen, GPT) language "
+                          f"models; this is a {config.model_type}, neither")
     vocabulary = getattr(config, "vocab_size", None)
     if vocabulary is not None and len(tokenizer) > vocabulary:
         raise LorahfError(f"{name}: its tokenizer has {len(tokenizer):,} tokens but the model only {vocabulary:,}: "
                           "they do not belong together", hint="use the tokenizer saved with this model")
-    if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
-        raise LorahfError(f"{name}: its tokenizer has no {'EOS' if tokenizer.eos_token_id is None else 'pad'} "
-                          "token; T5 tokenizers have both", hint="use the tokenizer saved with this model")
+    if tokenizer.eos_token_id is None:
+        raise LorahfError(f"{name}: its tokenizer has no EOS token, so no response could end",
+                          hint="use the tokenizer saved with this model")
+    return family
+
+
+def give_pad_token(tokenizer) -> None:
+    """A tokenizer without a pad token (Llama, GPT-2) pads with EOS: no new token, no resized vocabulary. Masks come
+    from lengths, never from `ids != pad`, so a padding EOS is never read as the end of a response."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def _first_line(error: BaseException) -> str:

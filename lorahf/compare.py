@@ -185,7 +185,7 @@ def held_out_prompts(recipe, limit: int, tokenizer) -> Prompts:
         raise LorahfError("no held-out prompts: the recipe has neither evaluate.data nor a ppo section",
                           hint="set evaluate.data.files to a file with a prompt column")
     rows = rows.select(range(min(limit, len(rows))))
-    ids, _ = encode_prompts(tokenizer, rows["prompt"], recipe.max_prompt_tokens, recipe.prompt_template)
+    ids, _ = encode_prompts(tokenizer, rows["prompt"], recipe.max_prompt_tokens, recipe.prompt_format)
     references = list(rows["reference"]) if "reference" in rows.column_names else None
     return Prompts(ids, list(rows["prompt"]), references)
 

@@ -674,25 +674,50 @@ def _truncation_line(rows: int, what: str, truncated: int, limit: int | None, lo
     return f"{truncated} of {rows} {what} truncated{to_limit} (longest {longest})"
 
 
-def encode_prompts(
-    tokenizer, texts: list[str], max_tokens: int, template: str = "{prompt}"
-) -> tuple[list[list[int]], int]:
-    """Token ids of each prompt, after `template.format(prompt=text)`, and how many were truncated.
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a prompt text becomes the model's input: `template.format(prompt=text)`, then, with `chat`, the user's turn of
+    the tokenizer's chat template (after a `system` turn, if given), ready for the assistant's answer."""
 
-    The tokenizer appends EOS itself (T5 style). A prompt longer than `max_tokens` keeps its first
-    max_tokens - 1 tokens and then EOS, so the encoder always sees where the prompt ends.
+    template: str = "{prompt}"
+    chat: bool = False
+    system: str | None = None
+
+    def encode(self, tokenizer, texts: list[str]) -> list[list[int]]:
+        texts = _apply_template(self.template, texts)
+        if not self.chat:
+            return [list(ids) for ids in tokenizer(texts)["input_ids"]] if texts else []
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(f"chat_template is on but the tokenizer of {tokenizer.name_or_path} has no chat template",
+                            hint="set chat_template: false and write the format in prompt_template")
+        system = [{"role": "system", "content": self.system}] if self.system is not None else []
+        return [list(_ids(tokenizer.apply_chat_template(system + [{"role": "user", "content": text}],
+                                                        add_generation_prompt=True, tokenize=True)))
+                for text in texts]
+
+
+def encode_prompts(
+    tokenizer, texts: list[str], max_tokens: int, template: str | PromptFormat = "{prompt}"
+) -> tuple[list[list[int]], int]:
+    """Token ids of each prompt (`template` a PromptFormat or a `prompt_template` string), and how many were
+    truncated to `max_tokens`.
+
+    The prompt keeps the tokenizer's own framing: T5's tokenizer ends it with EOS (the encoder then sees where it
+    ends), a decoder-only one (Llama, GPT) does not (the response follows it). A longer prompt keeps that framing and
+    loses text where it matters least: an encoder's prompt keeps its start, a decoder's its end, which is where the
+    template or chat turn hands over to the answer (TRL's `keep_end` too); a BOS stays in front.
     """
-    ids, truncated, _ = _encode(tokenizer, _apply_template(template, texts), max_tokens, keep_eos=True)
+    ids, truncated, _ = _encode_prompts(tokenizer, texts, max_tokens, template)
     return ids, truncated
 
 
 def encode_responses(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[list[int]], int]:
-    """Token ids of each response, ending with EOS, and how many were truncated.
+    """Token ids of each response, ending with the tokenizer's EOS, and how many were truncated.
 
     A response longer than `max_tokens` (EOS included) is cut to `max_tokens` tokens WITHOUT EOS:
     a cut response does not end, and training on an EOS there would teach the model to stop mid-text.
     """
-    ids, truncated, _ = _encode(tokenizer, texts, max_tokens, keep_eos=False)
+    ids, truncated, _ = _encode_responses(tokenizer, texts, max_tokens)
     return ids, truncated
 
 
@@ -702,15 +727,11 @@ def encode_pairs(
     responses: list[str],
     max_prompt_tokens: int,
     max_response_tokens: int,
-    template: str = "{prompt}",
+    template: str | PromptFormat = "{prompt}",
 ) -> tuple[list[list[int]], list[list[int]], TruncationReport]:
     """`encode_prompts` and `encode_responses` of aligned lists, and a TruncationReport of both."""
-    prompt_ids, prompts_cut, longest_prompt = _encode(
-        tokenizer, _apply_template(template, prompts), max_prompt_tokens, keep_eos=True
-    )
-    response_ids, responses_cut, longest_response = _encode(
-        tokenizer, responses, max_response_tokens, keep_eos=False
-    )
+    prompt_ids, prompts_cut, longest_prompt = _encode_prompts(tokenizer, prompts, max_prompt_tokens, template)
+    response_ids, responses_cut, longest_response = _encode_responses(tokenizer, responses, max_response_tokens)
     report = TruncationReport(
         rows=len(prompts),
         prompts_truncated=prompts_cut,
@@ -732,15 +753,35 @@ def _apply_template(template: str, texts: list[str]) -> list[str]:
         ) from error
 
 
-def _encode(
-    tokenizer, texts: list[str], max_tokens: int, keep_eos: bool
-) -> tuple[list[list[int]], int, int]:
-    """Ids cut to `max_tokens` (still ending with EOS if `keep_eos`), how many were cut, the longest length."""
-    full = list(tokenizer(list(texts))["input_ids"]) if texts else []
-    eos = [tokenizer.eos_token_id] if keep_eos else []
-    ids = [
-        sequence if len(sequence) <= max_tokens else sequence[: max_tokens - len(eos)] + eos for sequence in full
-    ]
+def _ids(encoded) -> list[int]:
+    """`apply_chat_template(tokenize=True)` gives a list of ids or, in transformers 5, a BatchEncoding."""
+    return encoded["input_ids"] if isinstance(encoded, Mapping) else encoded
+
+
+def _encode_prompts(tokenizer, texts, max_tokens: int, template: str | PromptFormat) -> tuple[list[list[int]], int, int]:
+    """Prompt ids cut to `max_tokens` as `encode_prompts` says, how many were cut, the longest length."""
+    form = template if isinstance(template, PromptFormat) else PromptFormat(template)
+    full = form.encode(tokenizer, list(texts))
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+
+    def cut(ids: list[int]) -> list[int]:
+        if len(ids) <= max_tokens:
+            return ids
+        if ids[-1] == eos:  # an encoder's prompt: its start, then EOS
+            return ids[: max_tokens - 1] + [eos]
+        head = [bos] if bos is not None and ids[0] == bos else []  # a decoder's prompt: BOS, then its end
+        return head + ids[len(ids) - max_tokens + len(head):]
+
+    ids = [cut(sequence) for sequence in full]
+    truncated = sum(len(sequence) > max_tokens for sequence in full)
+    return ids, truncated, max((len(sequence) for sequence in full), default=0)
+
+
+def _encode_responses(tokenizer, texts, max_tokens: int) -> tuple[list[list[int]], int, int]:
+    """Response ids (+ EOS) cut to `max_tokens` without EOS, how many were cut, the longest length."""
+    eos = tokenizer.eos_token_id
+    full = [list(ids) + [eos] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if len(texts) else []
+    ids = [sequence if len(sequence) <= max_tokens else sequence[:max_tokens] for sequence in full]
     truncated = sum(len(sequence) > max_tokens for sequence in full)
     return ids, truncated, max((len(sequence) for sequence in full), default=0)
 

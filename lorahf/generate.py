@@ -55,7 +55,7 @@ def _from_run(run_dir: Path, prompts: list[str], adapter: str, sampling: Samplin
         ensure_adapter(backbone, RunFolder(recipe.run_dir), adapter, needed_by="generate")
         backbone.use(adapter)
         backbone.model.eval()
-        ids, _ = encode_prompts(backbone.tokenizer, prompts, recipe.max_prompt_tokens, recipe.prompt_template)
+        ids, _ = encode_prompts(backbone.tokenizer, prompts, recipe.max_prompt_tokens, recipe.prompt_format)
         with progress.task(f"generate ({adapter})", total=len(ids)) as bar:
             texts = respond(backbone, ids, sampling.max_new_tokens or recipe.max_response_tokens,
                             sampling.batch_size, on_batch=bar.advance, do_sample=sampling.temperature is not None,
@@ -66,28 +66,37 @@ def _from_run(run_dir: Path, prompts: list[str], adapter: str, sampling: Samplin
 
 
 def _from_folder(folder: Path, prompts: list[str], sampling: Sampling, progress) -> list[str]:
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    from lorahf.backbone import quiet_libraries
+    from lorahf.backbone import give_pad_token, quiet_libraries
+    from lorahf.data import PromptFormat, collate, encode_prompts
+    from lorahf.families import family_of
     from lorahf.merge import SETTINGS_FILE
 
     quiet_libraries()
     settings_path = folder / SETTINGS_FILE
     settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
-    template = settings.get("prompt_template", "{prompt}")
+    form = PromptFormat(settings.get("prompt_template", "{prompt}"), settings.get("chat_template", False),
+                        settings.get("system_prompt"))
     max_new_tokens = sampling.max_new_tokens or settings.get("max_new_tokens", 64)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    give_pad_token(tokenizer)
+    family = family_of(AutoConfig.from_pretrained(folder))
+    if family is None:
+        raise LorahfError(f"{folder}: not a language model lorahf can generate with (neither seq2seq nor causal)")
+    model = family.auto_class().from_pretrained(folder).eval()
     texts: list[str] = []
     with progress.task(f"generate ({folder.name})", total=len(prompts)) as bar, torch.no_grad():
         for start in range(0, len(prompts), sampling.batch_size):
-            chunk = [template.format(prompt=p) for p in prompts[start:start + sampling.batch_size]]
-            encoded = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
-                                max_length=settings.get("max_prompt_tokens", 512))
+            chunk = prompts[start:start + sampling.batch_size]
+            ids, _ = encode_prompts(tokenizer, chunk, settings.get("max_prompt_tokens", 512), form)
+            batch = collate(ids, None, tokenizer.pad_token_id)
             options = ({"do_sample": True, "temperature": sampling.temperature, "top_k": sampling.top_k}
                        if sampling.temperature is not None else {"do_sample": False, "num_beams": 1})
-            output = model.generate(**encoded, max_new_tokens=max_new_tokens, **options)
-            texts += [t.strip() for t in tokenizer.batch_decode(output, skip_special_tokens=True)]
+            output = model.generate(**family.generation_inputs(batch), max_new_tokens=max_new_tokens,
+                                    pad_token_id=tokenizer.pad_token_id, **options)
+            answers = family.generated_responses(output, batch)
+            texts += [t.strip() for t in tokenizer.batch_decode(answers, skip_special_tokens=True)]
             bar.advance(len(chunk))
     return texts
 

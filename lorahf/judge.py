@@ -166,7 +166,7 @@ class RewardJudge(ScoringJudge):
 
         recipe, backbone = self.recipe, self.backbone
         prompt_ids, response_ids, _ = encode_pairs(backbone.tokenizer, prompts, responses, recipe.max_prompt_tokens,
-                                                   recipe.max_response_tokens, recipe.prompt_template)
+                                                   recipe.max_response_tokens, recipe.prompt_format)
         return score_batches(backbone, self.role, prompt_ids, response_ids, self.BATCH).cpu().tolist()
 
 

@@ -41,9 +41,11 @@ class MergeResult:
 
 def merge(run_dir: str | Path, adapter: str, out: str | Path, progress=None) -> MergeResult:
     from peft import PeftModel
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    from lorahf.backbone import quiet_libraries
+    from lorahf.backbone import give_pad_token, quiet_libraries
+    from lorahf.data import collate, encode_prompts
+    from lorahf.families import family_of
     from lorahf.progress import Progress
     from lorahf.runs import RunFolder, load_run
 
@@ -62,15 +64,17 @@ def merge(run_dir: str | Path, adapter: str, out: str | Path, progress=None) -> 
 
     # 1. Unquantized base + adapter, in fp32 so that the comparison is exact
     tokenizer = AutoTokenizer.from_pretrained(recipe.model.name)
-    base = AutoModelForSeq2SeqLM.from_pretrained(recipe.model.name, dtype=torch.float32)
+    give_pad_token(tokenizer)
+    family = family_of(AutoConfig.from_pretrained(recipe.model.name))
+    base = family.auto_class().from_pretrained(recipe.model.name, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
 
     # 2. The adapter's answers
     prompts = check_prompts(recipe)
-    encoded = tokenizer([recipe.prompt_template.format(prompt=p) for p in prompts], return_tensors="pt",
-                        padding=True, truncation=True, max_length=recipe.max_prompt_tokens)
+    ids, _ = encode_prompts(tokenizer, prompts, recipe.max_prompt_tokens, recipe.prompt_format)
+    encoded = collate(ids, None, tokenizer.pad_token_id)
     with progress.task(f"merge {adapter}", total=3) as bar:
-        expected, expected_logits = greedy(model, encoded, recipe.max_response_tokens)
+        expected, expected_logits = greedy(model, family, encoded, recipe.max_response_tokens)
         bar.advance(step="adapter answered")
 
         # 3. Merge and save
@@ -78,16 +82,17 @@ def merge(run_dir: str | Path, adapter: str, out: str | Path, progress=None) -> 
         with atomic_path(out) as temp:
             merged.save_pretrained(temp)
             tokenizer.save_pretrained(temp)
-            (temp / "README.md").write_text(model_card(recipe, folder, adapter, len(prompts)), encoding="utf-8")
+            (temp / "README.md").write_text(model_card(recipe, folder, adapter, len(prompts), family.name),
+                                              encoding="utf-8")
             (temp / SETTINGS_FILE).write_text(json.dumps(
                 {"run": recipe.name, "adapter": adapter, "prompt_template": recipe.prompt_template,
-                 "max_prompt_tokens": recipe.max_prompt_tokens, "max_new_tokens": recipe.max_response_tokens},
+                 "chat_template": recipe.chat_template, "system_prompt": recipe.system_prompt, "max_prompt_tokens": recipe.max_prompt_tokens, "max_new_tokens": recipe.max_response_tokens},
                 indent=2, sort_keys=True) + "\n", encoding="utf-8")
             bar.advance(step="saved")
 
             # 4. Plain transformers, from the folder alone
-            reloaded = AutoModelForSeq2SeqLM.from_pretrained(temp, dtype=torch.float32).eval()
-            answers, logits = greedy(reloaded, encoded, recipe.max_response_tokens)
+            reloaded = family.auto_class().from_pretrained(temp, dtype=torch.float32).eval()
+            answers, logits = greedy(reloaded, family, encoded, recipe.max_response_tokens)
             identical = sum(torch.equal(a, b) for a, b in zip(answers, expected))
             difference = max((a[: len(b)] - b[: len(a)]).abs().max().item() for a, b in zip(logits, expected_logits))
             bar.advance(step="checked")
@@ -109,14 +114,15 @@ def check_prompts(recipe) -> list[str]:
 
 
 @torch.no_grad()
-def greedy(model, encoded, max_new_tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def greedy(model, family, batch, max_new_tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Greedy answers (token ids, cut after EOS) and the logits that chose each of their tokens."""
-    output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                            output_logits=True, return_dict_in_generate=True)
+    output = model.generate(**family.generation_inputs(batch), max_new_tokens=max_new_tokens, do_sample=False,
+                            num_beams=1, output_logits=True, return_dict_in_generate=True)
     logits = torch.stack(output.logits, dim=1)
-    eos = model.config.eos_token_id
+    eos = model.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
     answers, chosen = [], []
-    for row, sequence in enumerate(output.sequences[:, 1:]):
+    for row, sequence in enumerate(family.generated_responses(output.sequences, batch)):
         ends = (sequence == eos).nonzero()
         length = ends[0].item() + 1 if len(ends) else len(sequence)
         answers.append(sequence[:length].clone())
@@ -124,16 +130,25 @@ def greedy(model, encoded, max_new_tokens: int) -> tuple[list[torch.Tensor], lis
     return answers, chosen
 
 
-def model_card(recipe, folder, adapter: str, prompts: int) -> str:
+def model_card(recipe, folder, adapter: str, prompts: int, family: str = "seq2seq") -> str:
     """README.md of the merged folder: what it is, where it came from, how it did. No timestamps: a second
     merge of the same run writes the same bytes."""
+    auto = "AutoModelForSeq2SeqLM" if family == "seq2seq" else "AutoModelForCausalLM"
+    if recipe.chat_template:
+        system = f'{{"role": "system", "content": {recipe.system_prompt!r}}}, ' if recipe.system_prompt is not None else ""
+        encode = [f'messages = [{system}{{"role": "user", "content": {recipe.prompt_template!r}.format(prompt=TEXT)}}]',
+                  "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt', "
+                  "return_dict=True)"]
+    else:
+        encode = [f"inputs = tokenizer({recipe.prompt_template!r}.format(prompt=TEXT), return_tensors='pt')"]
+    answer = "[0]" if family == "seq2seq" else "[0, inputs['input_ids'].shape[1]:]"  # a decoder repeats the prompt
     lines = [f"# {recipe.name}: `{adapter}` merged into `{recipe.model.name}`", "",
-             f"A plain `transformers` seq2seq model made by lorahf: the `{adapter}` LoRA adapter of the run "
-             f"`{recipe.name}` merged into its base, unquantized (fp32). It loads without lorahf or peft:", "",
-             "```python", "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
-             "model = AutoModelForSeq2SeqLM.from_pretrained(PATH)", "tokenizer = AutoTokenizer.from_pretrained(PATH)",
-             f"inputs = tokenizer({recipe.prompt_template!r}.format(prompt=TEXT), return_tensors='pt')",
-             f"print(tokenizer.decode(model.generate(**inputs, max_new_tokens={recipe.max_response_tokens})[0], "
+             f"A plain `transformers` {'seq2seq' if family == 'seq2seq' else 'causal'} language model made by lorahf: "
+             f"the `{adapter}` LoRA adapter of the run `{recipe.name}` merged into its base, unquantized (fp32). It "
+             "loads without lorahf or peft:", "",
+             "```python", f"from transformers import {auto}, AutoTokenizer",
+             f"model = {auto}.from_pretrained(PATH)", "tokenizer = AutoTokenizer.from_pretrained(PATH)", *encode,
+             f"print(tokenizer.decode(model.generate(**inputs, max_new_tokens={recipe.max_response_tokens}){answer}, "
              "skip_special_tokens=True))", "```", "",
              f"lorahf checked it before writing this folder: on {prompts} held-out prompts its greedy answers equal "
              f"the adapter's token for token and its logits are within {LOGIT_TOLERANCE:g}.", "",

@@ -212,19 +212,23 @@ def preflight(recipe: recipes.Recipe, folder: RunFolder, selected: list[str], ex
 
 
 def ensure_base(recipe: recipes.Recipe, progress: Progress) -> None:
-    """Offline quickstart: build the tiny T5 where the recipe expects the base, if it is not there yet."""
-    from lorahf.tiny import make_tiny, why_stale
+    """Offline quickstart: build the tiny base (T5 or Llama-shaped) where the recipe expects it, if it is not there yet."""
+    from lorahf.tiny import make_tiny, spec_for, tiny_family, why_stale
 
-    source = recipe.model.make_tiny_from
+    source, family = recipe.model.make_tiny_from, recipe.model.make_tiny_family
     if source is None:
         return
     if Path(recipe.model.name).exists():
-        if reason := why_stale(recipe.model.name, source):
+        built = tiny_family(recipe.model.name)
+        reason = (f"this tiny base is {built}, the recipe's make_tiny_family is {family}"
+                  if built not in (None, family) else why_stale(recipe.model.name, source))
+        if reason:
             raise LorahfError(f"{recipe.model.name}: {reason}",
                               hint=f"delete {recipe.model.name} (and the runs made with it) to rebuild it")
         return
-    progress.note(f"building the offline tiny T5 in {recipe.model.name} from {source}")
-    make_tiny(source, recipe.model.name)
+    progress.note(f"building the offline tiny {'T5' if family == 'seq2seq' else 'Llama'} in {recipe.model.name} "
+                  f"from {source}")
+    make_tiny(source, recipe.model.name, spec_for(family))
 
 
 def check_shares(recipe: recipes.Recipe, selected: list[str], processes: int) -> None:

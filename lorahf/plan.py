@@ -53,7 +53,7 @@ def plan(recipe, device: str = "cuda", padded: bool = True, exact: bool = False)
     from lorahf.backbone import quiet_libraries
 
     quiet_libraries()
-    config = model_config(recipe.model.name, recipe.model.make_tiny_from)
+    config = model_config(recipe.model.name, recipe.model.make_tiny_from, recipe.model.make_tiny_family)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     shape = Shape(config, dtype, device, padded)
     base = base_bytes(config, recipe.model.quantization, dtype)
@@ -100,7 +100,7 @@ FLAN_T5 = {"small": (512, 1024, 8, 6), "base": (768, 2048, 12, 12), "large": (10
            "xl": (2048, 5120, 24, 32), "xxl": (4096, 10240, 24, 64)}
 
 
-def model_config(name: str, make_tiny_from: str | None = None):
+def model_config(name: str, make_tiny_from: str | None = None, make_tiny_family: str = "seq2seq"):
     """The config of a local folder, a cached hub id, one of google/flan-t5-*'s (known without a hub), or,
     when `make_tiny_from` is set and `name` does not exist yet, of the tiny T5 the first run will build there.
     Any other name fails at once, as `lorahf run` does, instead of after the hub client's retries."""
@@ -117,7 +117,7 @@ def model_config(name: str, make_tiny_from: str | None = None):
 
         # make_tiny sizes the model to its tokenizer, trained on make_tiny_from's text: BPE stops short of
         # the spec's vocab_size when that text holds fewer merges, and the plan is then a few kB too large.
-        return tiny.model_config(tiny.TinySpec())
+        return tiny.config_of(tiny.spec_for(make_tiny_family))
     size = name.removeprefix("google/flan-t5-")
     flan = name.startswith("google/flan-t5-") and size in FLAN_T5
     if not flan:
@@ -181,8 +181,11 @@ class Shape:
         d, ff, inner = config.d_model, config.d_ff, config.num_heads * config.d_kv
         shapes = {"q": (d, inner), "k": (d, inner), "v": (d, inner), "o": (inner, d), "wi": (d, ff),
                   "wi_0": (d, ff), "wi_1": (d, ff), "wo": (ff, d)}
-        per_encoder = sum(sum(shapes[t]) for t in lora.target_modules if t in shapes)
-        attention = sum(sum(shapes[t]) for t in lora.target_modules if t in ("q", "k", "v", "o"))
+        targets = lora.target_modules
+        if targets == "all-linear":  # peft's every linear of the blocks: T5 v1.1 gates its wi in two
+            targets = ["q", "k", "v", "o", "wo", *(["wi_0", "wi_1"] if config.is_gated_act else ["wi"])]
+        per_encoder = sum(sum(shapes[t]) for t in targets if t in shapes)
+        attention = sum(sum(shapes[t]) for t in targets if t in ("q", "k", "v", "o"))
         per_decoder = per_encoder + attention  # cross-attention has its own q, k, v, o
         return lora.r * (per_encoder * config.num_layers + per_decoder * config.num_decoder_layers) * FP32
 

@@ -23,9 +23,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from lorahf import roles
 from lorahf.errors import RecipeError
 
-T5_LINEAR_LAYERS = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
-
-
 class Section(BaseModel):
     """A recipe section: unknown keys are errors, field docstrings are the docs."""
 
@@ -41,7 +38,9 @@ class ModelSpec(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the base lives; auto picks the GPU when there is one."""
     make_tiny_from: str | None = None
-    """Offline quickstart only: when `name` is a folder that does not exist yet, build the tiny T5 there from this data folder first."""
+    """Offline quickstart only: when `name` is a folder that does not exist yet, build a tiny base there from this data folder first."""
+    make_tiny_family: Literal["seq2seq", "causal"] = "seq2seq"
+    """Which tiny base `make_tiny_from` builds: a T5 (seq2seq) or a Llama-shaped decoder-only model (causal)."""
     gradient_checkpointing: bool = False
     """Recompute activations in SFT's and the reward stage's backward pass: on an H200, xl-shaped SFT at batch 8 x 512 tokens fell from 29 to 7 GiB for 2x the step time; generation and PPO (eval mode) are unaffected."""
 
@@ -53,8 +52,10 @@ class LoraSpec(Section):
     """LoRA scaling numerator (the update is scaled by alpha / r); 2 x r is the common choice."""
     dropout: float = Field(0.05, ge=0, lt=1)
     """Dropout on the LoRA input during SFT and reward training (RL runs in eval mode, so none there)."""
-    target_modules: list[str] = Field(default_factory=lambda: list(T5_LINEAR_LAYERS))
-    """T5 linear layers that get an adapter; all of them is the strongest choice at a few MB per role."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Linear layers that get an adapter: all-linear (every linear layer of the blocks, as peft finds them: T5's q, k,
+    v, o, wi_0, wi_1, wo; Llama's q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; never the LM head) is
+    the strongest choice at a few MB per role; or a list of their names."""
 
 
 class LoraRoles(Section):
@@ -174,8 +175,9 @@ class PPOStage(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the policy's and the value's gradient norms, each on its own (None: no clipping)."""
     train_encoder: bool = False
-    """Train the encoder's adapters of policy and value too. Off, their encoder outputs are computed once per
-    rollout and reused by every epoch (TRL recomputes them), and only the decoder's adapters train."""
+    """Encoder-decoder bases: train the encoder's adapters of policy and value too. Off, their encoder outputs are
+    computed once per rollout and reused by every epoch (TRL recomputes them), and only the decoder's adapters train.
+    (A decoder-only base reads prompt and response in one pass: all its adapters train.)"""
     temperature: float = Field(0.7, gt=0)
     """Sampling temperature of rollouts, applied again when log-probs are recomputed so both see the same distribution."""
     top_k: int = Field(0, ge=0)
@@ -362,7 +364,13 @@ class Recipe(Section):
     lora: LoraRoles = Field(default_factory=LoraRoles)
     """LoRA settings per trained role."""
     prompt_template: str = "{prompt}"
-    """How a prompt becomes the encoder's input, e.g. 'summarize: {prompt}' for Flan-T5."""
+    """How a prompt becomes the model's input, e.g. 'summarize: {prompt}' for Flan-T5, '{prompt}\nTL;DR:' for a base
+    decoder-only model; with `chat_template`, the user's message."""
+    chat_template: bool = False
+    """Wrap each prompt (after `prompt_template`) in the tokenizer's chat template as the user's turn, ready for the
+    assistant's answer (`apply_chat_template`): for instruction-tuned chat models (SmolLM2-Instruct, Qwen2.5-Instruct)."""
+    system_prompt: str | None = None
+    """With `chat_template`: the system turn put before every prompt (None: none, or the template's own default)."""
     max_prompt_tokens: int = Field(512, ge=8)
     """Longer prompts are truncated (and counted in the data summary)."""
     max_response_tokens: int = Field(64, ge=2)
@@ -397,6 +405,13 @@ class Recipe(Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @property
+    def prompt_format(self):
+        """How every stage turns a prompt into the model's input (`prompt_template`, `chat_template`, `system_prompt`)."""
+        from lorahf.data import PromptFormat
+
+        return PromptFormat(self.prompt_template, self.chat_template, self.system_prompt)
 
     def stage_hash(self, stage: str) -> str:
         """A hash of everything that decides what `stage` produces, its upstream stages included.
@@ -448,7 +463,8 @@ class Recipe(Section):
         return _hash(self.model_dump(mode="json", exclude={"name", "output_dir"}))
 
 
-SHARED_KEYS = ("seed", "model", "prompt_template", "max_prompt_tokens", "max_response_tokens")
+SHARED_KEYS = ("seed", "model", "prompt_template", "chat_template", "system_prompt", "max_prompt_tokens",
+               "max_response_tokens")
 """Recipe keys every stage's outputs depend on."""
 
 
@@ -534,6 +550,8 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
             found.append((f"judges.{name}", f"needs exactly one of python, llm or human, got {', '.join(given) or 'none'}"))
     if "reward" in recipe.judges:
         found.append(("judges.reward", "is the built-in reward-model judge's name; pick another"))
+    if recipe.system_prompt is not None and not recipe.chat_template:
+        found.append(("system_prompt", "is a chat turn: it needs `chat_template: true`"))
     evaluate = recipe.evaluate
     if evaluate is not None:
         for adapter in evaluate.adapters or []:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny T5 is built once per test session from the bundled example's text."""
+"""Shared fixtures: the tiny T5 and the tiny Llama are built once per test session from the bundled example's text."""
 
 from __future__ import annotations
 
@@ -15,6 +15,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from lorahf.tiny import make_tiny
 
     return make_tiny(EXAMPLE_DATA, tmp_path_factory.mktemp("tiny") / "tiny-t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_dir(tmp_path_factory) -> Path:
+    from lorahf.tiny import TinyCausalSpec, make_tiny
+
+    return make_tiny(EXAMPLE_DATA, tmp_path_factory.mktemp("tiny") / "tiny-llama", TinyCausalSpec())
+
+
+@pytest.fixture(params=["seq2seq", "causal"])
+def family_model_dir(request) -> Path:
+    """The tiny base of each family in turn: a test taking this runs on the T5 and on the Llama."""
+    return request.getfixturevalue("tiny_model_dir" if request.param == "seq2seq" else "tiny_causal_dir")
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
-"""The shared Backbone: one 8-bit base, adapters per role, exact switching, isolated training, exact save/load."""
+"""The shared Backbone: one 8-bit base, adapters per role, exact switching, isolated training, exact save/load.
+
+Every test runs on both families, the tiny T5 and the tiny Llama (the `backbone` fixture below)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,14 @@ import torch
 from lorahf.backbone import Backbone
 from lorahf.errors import LorahfError
 from lorahf.recipe import LoraSpec
+
+
+@pytest.fixture
+def backbone(family_model_dir):
+    """An 8-bit Backbone of each family's tiny base in turn, closed after the test."""
+    loaded = Backbone.load(str(family_model_dir), quantization="8bit")
+    yield loaded
+    loaded.close()
 
 
 def _randomize(backbone: Backbone, role: str, seed: int) -> None:
@@ -28,18 +38,19 @@ def test_8bit_base_has_bitsandbytes_int8_layers_on_cpu(backbone):
     int8_layers = [m for m in backbone.base.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
     assert int8_layers, "8-bit loading produced no Linear8bitLt layers"
     assert any(p.dtype == torch.int8 for p in backbone.base.parameters())
-    # T5 computes in fp32 on the CPU; its wo layers stay unquantized and fp32 (transformers keeps them so).
-    assert backbone.base.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+    if backbone.family.name == "seq2seq":  # T5 computes in fp32 on the CPU; its wo layers stay unquantized and fp32
+        assert backbone.base.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
 
 
 def test_tiny_model_head_is_untied_after_from_pretrained(backbone):
-    assert backbone.base.lm_head.weight.data_ptr() != backbone.base.shared.weight.data_ptr()
-    assert not torch.equal(backbone.base.lm_head.weight.float(), backbone.base.shared.weight.float())
+    head, embeddings = backbone.base.get_output_embeddings().weight, backbone.base.get_input_embeddings().weight
+    assert head.data_ptr() != embeddings.data_ptr()
+    assert not torch.equal(head.float(), embeddings.float())
 
 
-def test_a_second_base_in_one_process_is_refused(backbone, tiny_model_dir):
+def test_a_second_base_in_one_process_is_refused(backbone, family_model_dir):
     with pytest.raises(LorahfError, match="already loaded"):
-        Backbone.load(str(tiny_model_dir))
+        Backbone.load(str(family_model_dir))
 
 
 def test_two_adapters_differ_and_switching_back_restores_the_first_exactly(backbone, batch):
@@ -123,7 +134,7 @@ def test_copy_adapter_is_exact_and_independent(backbone, batch):
         assert torch.equal(backbone.use("reward").sequence_scores(batch), reward)
 
 
-def test_save_then_load_adapter_and_head_is_bit_exact(backbone, batch, tiny_model_dir, tmp_path):
+def test_save_then_load_adapter_and_head_is_bit_exact(backbone, batch, family_model_dir, tmp_path):
     torch.manual_seed(0)
     backbone.add_adapter("reward", LoraSpec(), head=True)
     _randomize(backbone, "reward", seed=6)
@@ -139,7 +150,7 @@ def test_save_then_load_adapter_and_head_is_bit_exact(backbone, batch, tiny_mode
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
     backbone.close()
 
-    fresh = Backbone.load(str(tiny_model_dir), quantization="8bit")
+    fresh = Backbone.load(str(family_model_dir), quantization="8bit")
     try:
         fresh.load_adapter("reward", tmp_path / "reward")
         after = fresh.parameters("reward")
@@ -153,10 +164,9 @@ def test_save_then_load_adapter_and_head_is_bit_exact(backbone, batch, tiny_mode
         fresh.close()
 
 
-def test_saved_adapter_loads_with_plain_peft(backbone, batch, tiny_model_dir, tmp_path):
+def test_saved_adapter_loads_with_plain_peft(backbone, batch, family_model_dir, tmp_path):
     """A run's adapter is deployable without lorahf: PeftModel.from_pretrained on the base."""
     from peft import PeftModel
-    from transformers import AutoModelForSeq2SeqLM
 
     torch.manual_seed(0)
     backbone.add_adapter("sft", LoraSpec())
@@ -165,15 +175,23 @@ def test_saved_adapter_loads_with_plain_peft(backbone, batch, tiny_model_dir, tm
     backbone.model.eval()
     with torch.no_grad():
         ours = backbone.use("sft").response_logits(batch)
+    family = backbone.family
     backbone.close()
 
-    base = AutoModelForSeq2SeqLM.from_pretrained(str(tiny_model_dir), quantization_config=None)
+    base = family.auto_class().from_pretrained(str(family_model_dir), quantization_config=None)
     plain = PeftModel.from_pretrained(base, str(tmp_path / "sft")).eval()
-    start = torch.zeros_like(batch.response_ids[:, :1])
-    with torch.no_grad():
-        theirs = plain(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       decoder_input_ids=torch.cat([start, batch.response_ids[:, :-1]], 1)).logits
     mask = batch.response_mask.bool()
+    theirs = torch.zeros_like(ours)
+    with torch.no_grad():
+        for row, (prompt_length, response_length) in enumerate(zip(batch.attention_mask.sum(1),
+                                                                     batch.response_lengths)):
+            prompt, response = batch.input_ids[row:row + 1, :prompt_length], batch.response_ids[row:row + 1, :response_length]
+            if family.name == "seq2seq":
+                start = torch.zeros_like(response[:, :1])
+                logits = plain(input_ids=prompt, decoder_input_ids=torch.cat([start, response[:, :-1]], 1)).logits[0]
+            else:
+                logits = plain(input_ids=torch.cat([prompt, response], 1)).logits[0, prompt_length - 1:-1]
+            theirs[row, :response_length] = logits
     # ours ran on the int8 base, theirs on fp32 weights: close, not equal.
     assert torch.allclose(ours[mask].softmax(-1), theirs[mask].softmax(-1), atol=0.05)
     assert (ours[mask].argmax(-1) == theirs[mask].argmax(-1)).float().mean() > 0.9
@@ -284,7 +302,7 @@ def test_per_row_pass_matches_separate_passes_and_keeps_gradients_apart(backbone
     assert any(leaked[k] is not None and leaked[k].any() for k in leaked if k.startswith("policy"))
 
 
-def test_gradient_checkpointing_gives_the_same_loss_gradients_and_answers(backbone, batch, tiny_model_dir):
+def test_gradient_checkpointing_gives_the_same_loss_gradients_and_answers(backbone, batch, family_model_dir):
     """model.gradient_checkpointing recomputes activations in training passes: same numbers, same answers."""
     from lorahf.stages.sft import response_loss
 
@@ -303,7 +321,7 @@ def test_gradient_checkpointing_gives_the_same_loss_gradients_and_answers(backbo
     plain = run(backbone)
     assert not backbone.model.is_activation_checkpointing
     backbone.close()
-    checkpointed = Backbone.load(str(tiny_model_dir), quantization="8bit", gradient_checkpointing=True)
+    checkpointed = Backbone.load(str(family_model_dir), quantization="8bit", gradient_checkpointing=True)
     try:
         assert checkpointed.model.is_activation_checkpointing
         again = run(checkpointed)

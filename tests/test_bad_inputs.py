@@ -96,11 +96,12 @@ def huge_row(root: Path, model: Path) -> None:
         handle.write(json.dumps({"prompt": "word " * 100_000, "response": "a summary"}) + "\n")
 
 
-def decoder_only_model(root: Path, model: Path) -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
+def encoder_only_model(root: Path, model: Path) -> None:
+    from transformers import BertConfig, BertModel
 
-    folder = root / "gpt2"
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=600, n_positions=64)).save_pretrained(folder)
+    folder = root / "bert"
+    BertModel(BertConfig(num_hidden_layers=1, num_attention_heads=2, hidden_size=8, intermediate_size=16,
+                         vocab_size=600, max_position_embeddings=64)).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(model / name, folder / name)
 
@@ -122,7 +123,7 @@ def missing_api_key(root: Path, model: Path, monkeypatch) -> None:
     monkeypatch.delenv("LORAHF_TEST_NO_SUCH_KEY", raising=False)
 
 
-SETUPS = {f.__name__: f for f in (huge_row, decoder_only_model, tokenizer_of_another_model, no_bitsandbytes,
+SETUPS = {f.__name__: f for f in (huge_row, encoder_only_model, tokenizer_of_another_model, no_bitsandbytes,
                                    missing_api_key)}
 
 

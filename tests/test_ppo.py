@@ -83,7 +83,7 @@ def test_ppo_trains_policy_and_value_only(tmp_path, tiny_model_dir, backbone):
 
         registry.get(stage).run(recipe, backbone, folder, Progress())
         folder.mark_done(stage, recipe.stage_hash(stage), {"gate": "pass"} if stage == "reward" else {}, 0.0)
-    base = [p for n, p in backbone.t5.named_parameters() if "lora_" not in n] + list(backbone.t5.buffers())
+    base = [p for n, p in backbone.transformer.named_parameters() if "lora_" not in n] + list(backbone.transformer.buffers())
     frozen = {"base": _fingerprint(base), "sft": _fingerprint(backbone.parameters("sft")),
               "reward": _fingerprint(backbone.parameters("reward") + list(backbone.head("reward").buffers()))}
     ppo_stage.run(recipe, backbone, folder, Progress())

@@ -91,7 +91,8 @@ def collect(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, t
         values = backbone.head(VALUE)(backbone.use(VALUE).decode(batch, encoders[VALUE])[:, :-1]).float() * mask
         scores = scorer(backbone, prompts, batch)
     # inference tensors cannot take part in autograd later; clones are ordinary tensors
-    kept = {role: encoders[role].clone() for role in (POLICY, VALUE)} if keep_encoder_states else None
+    kept = ({role: encoders[role].clone() for role in (POLICY, VALUE)}
+            if keep_encoder_states and policy_encoder is not None else None)  # a decoder-only base has none
     return Rollout(batch, ended, scores.clone(), logprobs.clone(), reference_logprobs.clone(), values.clone(),
                    entropy.clone(), encoder_states=kept,
                    seconds={"generate": generated - started, "score": time.perf_counter() - generated})

@@ -248,7 +248,7 @@ def compare_with_sft(backbone, recipe, folder, held_out: Pairs, role: str, progr
     """The policy's and sft's answers to the held-out prompts, sampled from one seed: their reward (when the run
     has a reward model), KL and length, and each scoring judge's win rate of the policy over sft."""
     texts = list(dict.fromkeys(held_out.prompt_texts))[:FINAL_EVAL_PROMPTS]
-    ids, _ = encode_prompts(backbone.tokenizer, texts, recipe.max_prompt_tokens, recipe.prompt_template)
+    ids, _ = encode_prompts(backbone.tokenizer, texts, recipe.max_prompt_tokens, recipe.prompt_format)
     scorer = None
     if folder.adapter_dir(REWARD).is_dir():
         ensure_adapter(backbone, folder, REWARD, needed_by="dpo")

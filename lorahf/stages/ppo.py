@@ -118,10 +118,10 @@ def prompts(recipe, tokenizer, progress) -> tuple[Prompts, Prompts]:
     """Step 1: the prompts for rollouts, and the held-out ones (with references where the data has them)."""
     spec = recipe.ppo
     train_rows, eval_rows = load_stage_data(spec.data, "prompts", recipe.seed)
-    train_ids, cut = encode_prompts(tokenizer, train_rows["prompt"], recipe.max_prompt_tokens, recipe.prompt_template)
+    train_ids, cut = encode_prompts(tokenizer, train_rows["prompt"], recipe.max_prompt_tokens, recipe.prompt_format)
     eval_rows = eval_rows.select(range(min(FINAL_EVAL_PROMPTS, len(eval_rows))))
     held_out = Prompts(encode_prompts(tokenizer, eval_rows["prompt"], recipe.max_prompt_tokens,
-                                      recipe.prompt_template)[0], list(eval_rows["prompt"]),
+                                      recipe.prompt_format)[0], list(eval_rows["prompt"]),
                        list(eval_rows["reference"]) if "reference" in eval_rows.column_names else None)
     progress.note(f"ppo prompts: {len(train_ids)} for rollouts ({cut} truncated), {len(held_out.texts)} "
                   f"held out{' with references' if held_out.references else ''}")

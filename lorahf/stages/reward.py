@@ -151,7 +151,7 @@ def to_groups(rows, data_format: str, tokenizer, recipe, scale: tuple[float, flo
         responses = [[r] for r in rows["response"]]
         pairs = [[] for _ in responses]
         targets = [[(s - mean) / std] for s in rows["score"]]
-    prompt_ids, _ = encode_prompts(tokenizer, rows["prompt"], recipe.max_prompt_tokens, recipe.prompt_template)
+    prompt_ids, _ = encode_prompts(tokenizer, rows["prompt"], recipe.max_prompt_tokens, recipe.prompt_format)
     flat, _ = encode_responses(tokenizer, [r for group in responses for r in group], recipe.max_response_tokens)
     grouped, start = [], 0
     for group in responses:
@@ -240,7 +240,7 @@ def sft_responses(recipe, tokenizer, train: Groups) -> tuple[list[list[int]], li
         rows = rows.select(range(min(CENTRING_ROWS, len(rows))))
         prompts, responses, _ = encode_pairs(tokenizer, rows["prompt"], rows["response"],
                                              recipe.max_prompt_tokens, recipe.max_response_tokens,
-                                             recipe.prompt_template)
+                                             recipe.prompt_format)
         return prompts, responses
     pairs = [(p, r) for p, group in zip(train.prompts, train.responses) for r in group][:CENTRING_ROWS]
     return [p for p, _ in pairs], [r for _, r in pairs]

@@ -37,9 +37,9 @@ def run(recipe, backbone, folder, progress) -> dict:
     # 1. Data
     train_rows, eval_rows = load_stage_data(spec.data, "sft", recipe.seed)
     train = encode_pairs(tokenizer, train_rows["prompt"], train_rows["response"], recipe.max_prompt_tokens,
-                         recipe.max_response_tokens, recipe.prompt_template)
+                         recipe.max_response_tokens, recipe.prompt_format)
     held_out = encode_pairs(tokenizer, eval_rows["prompt"], eval_rows["response"], recipe.max_prompt_tokens,
-                            recipe.max_response_tokens, recipe.prompt_template)
+                            recipe.max_response_tokens, recipe.prompt_format)
     progress.note(f"sft data: {len(train_rows)} train, {len(eval_rows)} held out; {train[2].summary()}")
 
     # 2. Adapter
