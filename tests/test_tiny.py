@@ -178,12 +178,7 @@ def test_digits_are_pieces_of_their_own(tiny_model_dir):
 
 
 # ------------------------------------------------------------------------------ the tiny Llama (--family causal)
-
-@pytest.fixture(scope="module")
-def tiny_causal_dir(tmp_path_factory) -> Path:
-    from lorahf.tiny import TinyCausalSpec
-
-    return make_tiny(EXAMPLE_DATA, tmp_path_factory.mktemp("tiny-causal") / "tiny-llama", TinyCausalSpec())
+# tiny_causal_dir: conftest.py's session fixture, make_tiny(EXAMPLE_DATA, ..., TinyCausalSpec()).
 
 
 def test_causal_building_twice_gives_identical_files(tmp_path, tiny_causal_dir):
