@@ -143,7 +143,7 @@ def main() -> None:
           f"LoRA {trainable / 1e3:.0f}k trainable, prompt {template!r}, "
           f"{sum(map(len, (ids for ids, _ in train))) / len(train):.0f} tokens per row", flush=True)
     score, winner, seconds, first = evaluate(model, tokenizer, template, pad_id)
-    print(f"| minute | step | train loss | gold | winner right | s/step | eval s | first summary |\n|---|---|---|---|---|---|---|---|")
+    print("| minute | step | train loss | gold | winner right | s/step | eval s | first summary |\n|---|---|---|---|---|---|---|---|")
     print(f"| 0 | 0 | - | {score:.2f} | {winner if winner is None else f'{winner:.2f}'} | - | {seconds:.1f} | {first} |",
           flush=True)
     model.train()

@@ -8,9 +8,12 @@ Guesses come from column names first (`better_summary` is a chosen response), th
 list of numbers is a ranking, the longest text column is the prompt). A guess that names could not settle is
 marked `ambiguous`, with the other candidates, so that the command can ask, or say so.
 
-The training settings fit the base (`settings_for`): lorahf's tiny T5 gets recipes/quickstart.yaml's, a Flan-T5
-its recipes/flan-t5-SIZE.yaml's, any other base those of the Flan-T5 size nearest its parameter count; the
-recipe says which and why. Token limits are counted with the base's tokenizer where it is a local folder.
+The training settings fit the base (`settings_for`): lorahf's tiny T5 gets recipes/quickstart.yaml's (its tiny
+Llama recipes/quickstart-causal.yaml's), a Flan-T5 its recipes/flan-t5-SIZE.yaml's, a SmolLM2 or Qwen2.5 its own
+recipe's, any other base those of the shipped size of its family (encoder-decoder or decoder-only) nearest its
+parameter count; the recipe says which and why. A decoder-only base gets a prompt template that marks where the
+answer starts, or its chat template when its tokenizer has one. Token limits are counted with the base's tokenizer
+where it is a local folder.
 """
 
 from __future__ import annotations
@@ -317,6 +320,7 @@ class Settings:
     ppo_learning_rate: float | None = None  # the policy's and the value's
     temperature: float | None = None  # ppo's and evaluate's
     gpu_memory: str | None = "12GiB"  # the card the batch sizes were chosen to fit (None: chosen for learning)
+    family: str = "seq2seq"  # the bases these settings were written for: seq2seq (T5) or causal (decoder-only)
 
 
 # lorahf's tiny T5 (`lorahf make-tiny`): recipes/quickstart.yaml's settings, measured there on the CPU
@@ -339,58 +343,99 @@ FLAN_T5 = {
 }
 
 
+# lorahf's tiny Llama (`lorahf make-tiny --family causal`): recipes/quickstart-causal.yaml's, measured there on the CPU
+TINY_CAUSAL = Settings("recipes/quickstart-causal.yaml", sft_learning_rate=1e-3, sft_batch_size=16, sft_epochs=6,
+                       reward_learning_rate=1e-4, reward_batch_size=16, ppo_batch_size=32, ppo_minibatch_size=8,
+                       lr_schedule="constant", reward_epochs=1, reward_eval_fraction=0.1, likelihood_term=True,
+                       ppo_iterations=40, ppo_learning_rate=2e-4, temperature=1.0, gpu_memory=None, family="causal")
+
+# Per decoder-only base: its recipe's settings and its parameters as published
+CAUSAL = {
+    "HuggingFaceTB/SmolLM2-135M": (Settings("recipes/smollm2-135m.yaml", sft_learning_rate=2e-4, sft_batch_size=16,
+                                            reward_batch_size=8, ppo_batch_size=32, ppo_minibatch_size=8,
+                                            gpu_memory="8GiB", family="causal"), 135e6),
+    "HuggingFaceTB/SmolLM2-360M": (Settings("recipes/smollm2-360m.yaml", sft_learning_rate=2e-4, gpu_memory="8GiB",
+                                            family="causal"), 362e6),
+    "Qwen/Qwen2.5-0.5B": (Settings("recipes/qwen2.5-0.5b.yaml", sft_learning_rate=2e-4, gpu_memory="8GiB",
+                                   family="causal"), 494e6),
+    "Qwen/Qwen2.5-1.5B": (Settings("recipes/qwen2.5-1.5b.yaml", sft_learning_rate=1e-4, gradient_checkpointing=True,
+                                   family="causal"), 1.54e9),
+    "HuggingFaceTB/SmolLM2-1.7B": (Settings("recipes/smollm2-1.7b.yaml", sft_learning_rate=1e-4,
+                                            gradient_checkpointing=True, family="causal"), 1.71e9),
+    "Qwen/Qwen2.5-7B": (Settings("recipes/qwen2.5-7b.yaml", sft_learning_rate=1e-4, quantization="4bit",
+                                 gradient_checkpointing=True, sft_batch_size=4, reward_batch_size=2, ppo_batch_size=8,
+                                 ppo_minibatch_size=2, gpu_memory="24GiB", family="causal"), 7.62e9),
+}
+
+
 def settings_for(base: str) -> tuple[Settings, str]:
-    """The settings for `base`, and a sentence saying why they were chosen: lorahf's tiny T5 by its marker file,
-    a Flan-T5 by its hub id or its config's dimensions, any other base by its parameter count (the nearest
-    Flan-T5 size's settings; the tiny ones under TINY_PARAMETERS). A base whose config cannot be read without
-    waiting for the hub gets flan-t5-base's, and the sentence says so."""
-    from lorahf.tiny import MARKER_FILE
+    """The settings for `base`, and a sentence saying why they were chosen: lorahf's tiny bases by their marker file,
+    a Flan-T5, SmolLM2 or Qwen2.5 by its hub id (an -Instruct variant as its base), a Flan-T5 also by its config's
+    dimensions, any other base by its family and parameter count (the nearest shipped size's settings; the tiny ones
+    under TINY_PARAMETERS). A base whose config cannot be read without waiting for the hub gets flan-t5-base's, and
+    the sentence says so."""
+    from lorahf.tiny import MARKER_FILE, tiny_family
 
     if (Path(base) / MARKER_FILE).is_file():
-        return TINY, (f"{TINY.source}'s, measured there on lorahf's tiny T5; {base} is one "
-                      f"(it holds {MARKER_FILE}, written by `lorahf make-tiny`)")
+        tiny = TINY_CAUSAL if tiny_family(base) == "causal" else TINY
+        return tiny, (f"{tiny.source}'s, measured there on lorahf's tiny {'Llama' if tiny is TINY_CAUSAL else 'T5'}; "
+                      f"{base} is one (it holds {MARKER_FILE}, written by `lorahf make-tiny`)")
     named = re.fullmatch(r"google/flan-t5-(small|base|large|xl|xxl)", base.rstrip("/"))
     if named:
         return FLAN_T5[named[1]][0], f"{FLAN_T5[named[1]][0].source}'s, written for {named[0]}"
+    for hub_id, (settings, _) in CAUSAL.items():
+        if re.fullmatch(re.escape(hub_id) + r"(-Instruct)?", base.rstrip("/"), flags=re.IGNORECASE):
+            return settings, f"{settings.source}'s, written for {hub_id}"
     try:
-        parameters, config = count_parameters(base)
+        parameters, config, family = count_parameters(base)
     except LorahfError as error:
         fallback = FLAN_T5["base"][0]
         return fallback, (f"flan-t5-base's ({fallback.source}), a guess: this base's size is unknown, as its "
                           f"config could not be read ({error.message})")
+    if family == "causal":
+        return _nearest(parameters, TINY_CAUSAL, {hub_id.split("/")[1]: entry for hub_id, entry in CAUSAL.items()})
     from lorahf.plan import FLAN_T5 as DIMENSIONS  # (d_model, d_ff, layers per stack, heads)
 
     shape = tuple(getattr(config, key, None) for key in ("d_model", "d_ff", "num_layers", "num_heads"))
     for size, (settings, _) in FLAN_T5.items():
         if shape == DIMENSIONS[size]:
             return settings, f"{settings.source}'s: this base has flan-t5-{size}'s dimensions"
+    return _nearest(parameters, TINY, {f"flan-t5-{size}": entry for size, entry in FLAN_T5.items()})
+
+
+def _nearest(parameters: float, tiny: Settings, sizes: dict[str, tuple[Settings, float]]) -> tuple[Settings, str]:
+    """The tiny settings under TINY_PARAMETERS, else the settings of the size nearest `parameters` (on a log scale)."""
     if parameters < TINY_PARAMETERS:
-        return TINY, (f"{TINY.source}'s, measured there on lorahf's tiny T5: this base is tiny-like too "
-                      f"({_count(parameters)} parameters, under {_count(TINY_PARAMETERS)})")
-    size = min(FLAN_T5, key=lambda name: abs(math.log(parameters / FLAN_T5[name][1])))
-    settings = FLAN_T5[size][0]
-    return settings, (f"those of flan-t5-{size} ({settings.source}), the nearest size to this base's "
+        return tiny, (f"{tiny.source}'s, measured there on lorahf's tiny {'Llama' if tiny is TINY_CAUSAL else 'T5'}: "
+                      f"this base is tiny-like too ({_count(parameters)} parameters, under {_count(TINY_PARAMETERS)})")
+    size = min(sizes, key=lambda name: abs(math.log(parameters / sizes[name][1])))
+    settings = sizes[size][0]
+    return settings, (f"those of {size} ({settings.source}), the nearest size to this base's "
                       f"{_count(parameters)} parameters")
 
 
 def count_parameters(base: str):
-    """(parameters, config) of `base`, from its config alone: the model is built on the meta device, so no
+    """(parameters, config, family) of `base`, from its config alone: the model is built on the meta device, so no
     weight is read or allocated. transformers 5 ties T5's LM head to the embeddings when it builds one, so a
     base with an untied head (Flan-T5's) has vocab x d_model parameters more than counted here.
     A hub id that is neither cached nor reachable fails at once (backbone's check), not after the hub's retries."""
     import torch
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    from transformers import AutoConfig
 
     from lorahf.backbone import _first_line, check_folder
+    from lorahf.families import family_of
 
     check_folder(base)
     try:
         config = AutoConfig.from_pretrained(base)
+        family = family_of(config)
+        if family is None:
+            raise ValueError(f"a {config.model_type} is neither an encoder-decoder nor a decoder-only language model")
         with torch.device("meta"):
-            model = AutoModelForSeq2SeqLM.from_config(config)
-    except Exception as error:  # OSError, ValueError, or a config no seq2seq model is built from
+            model = family.auto_class().from_config(config)
+    except Exception as error:  # OSError, ValueError, or a config no language model is built from
         raise LorahfError(f"{base}: cannot read its config ({_first_line(error)})") from None
-    return sum(parameter.numel() for parameter in model.parameters()), config
+    return sum(parameter.numel() for parameter in model.parameters()), config, family.name
 
 
 def _count(parameters: float) -> str:
@@ -487,13 +532,28 @@ def _head_lines(found: list[FileGuess], plan: Plan, settings: Settings, why: str
         _line(f"  quantization: {settings.quantization}", "8bit | 4bit (the largest bases) | none"),
         _line(f"  gradient_checkpointing: {str(settings.gradient_checkpointing).lower()}",
               "true: far less memory in sft and reward, about 2x their time"),
-        _line('prompt_template: "{prompt}"', 'how each prompt is shown to the model, e.g. "summarize: {prompt}"'),
+        *_prompt_lines(settings, tokenizer, base),
         _line(f"max_prompt_tokens: {prompt_tokens}",
               f"{prompt_note}; longer prompts are cut (lorahf validate counts them)"),
         _line(f"max_response_tokens: {response_tokens}", response_note),
         _line("judges: {}", 'add yours: {mine: {python: "judge.py:score"}}, an llm, or a human'),
         f"stages: {_flow(plan.stages)}",
     ]
+
+
+def _prompt_lines(settings: Settings, tokenizer, base: str) -> list[str]:
+    """How prompts are shown: as they are to an encoder; to a decoder-only base, as its chat template's user turn
+    when its tokenizer has one (an -Instruct hub id is taken to), else followed by a line that marks the answer."""
+    if settings.family != "causal":
+        return [_line('prompt_template: "{prompt}"', 'how each prompt is shown to the model, e.g. "summarize: {prompt}"')]
+    chat = bool(getattr(tokenizer, "chat_template", None)) if tokenizer is not None else \
+        base.rstrip("/").lower().endswith("-instruct")
+    if chat:
+        return [_line('prompt_template: "{prompt}"', "the user's message"),
+                _line("chat_template: true", "this base's tokenizer has a chat template: each prompt is a user turn"),
+                _line("# system_prompt: You are a helpful assistant.", "a system turn before every prompt, if you want one")]
+    return [_line('prompt_template: "{prompt}\\nAnswer:"', "a decoder reads prompt and answer as one text: the "
+                  "template marks where the answer starts")]
 
 
 def _sft_lines(plan: Plan, settings: Settings) -> list[str]:
@@ -507,8 +567,9 @@ def _sft_lines(plan: Plan, settings: Settings) -> list[str]:
         "sft:",
         *_data_lines(plan, "sft", "prompt -> response pairs"),
         _line(f"  learning_rate: {_rate(settings.sft_learning_rate)}",
-              "the tiny base; 1e-4 to 5e-4 suits a real Flan-T5" if settings is TINY
-              else "LoRA on Flan-T5: 1e-4 to 5e-4 is the usual range"),
+              "the tiny base from scratch; a real base wants 1e-4 to 5e-4" if settings in (TINY, TINY_CAUSAL)
+              else f"LoRA on {'a decoder-only LM' if settings.family == 'causal' else 'Flan-T5'}: 1e-4 to "
+                   f"{'3e-4' if settings.family == 'causal' else '5e-4'} is the usual range"),
         *_optional("lr_schedule", settings.lr_schedule),
         _line(f"  batch_size: {settings.sft_batch_size}",
               f"sizes for {settings.gpu_memory} of GPU memory: see lorahf plan" if settings.gpu_memory else ""),

@@ -32,9 +32,9 @@ def init(folder, *args: str) -> tuple[str, dict]:
     return result.output, yaml.safe_load((folder / "recipe.yaml").read_text())
 
 
-def run_short(folder, tiny_model_dir) -> dict:
+def run_short(folder, tiny_model_dir, *more: str) -> dict:
     recipe = recipes.load(folder / "recipe.yaml", SHORT + [f"model.name={tiny_model_dir}",
-                                                           f"output_dir={folder / 'runs'}"])
+                                                           f"output_dir={folder / 'runs'}", *more])
     result = pipeline.run(recipe)
     assert result.ran == recipe.stages
     return result.metrics
@@ -169,6 +169,79 @@ def test_the_tiny_base_gets_the_quickstarts_measured_settings(tmp_path, tiny_mod
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     longest = max(len(tokenizer(row["document"]).input_ids) for row in rows("sft.jsonl", 200))
     assert longest <= raw["max_prompt_tokens"] < longest + 16 and "by this base's tokenizer" in text
+
+
+def test_a_tiny_llama_folder_becomes_a_chat_recipe_with_the_causal_quickstarts_settings_that_runs(
+        tmp_path, tiny_causal_dir):
+    output, raw = init(tmp_path, str(EXAMPLE_DATA), "--base", str(tiny_causal_dir))
+    text = (tmp_path / "recipe.yaml").read_text()
+    assert "recipes/quickstart-causal.yaml" in text and "tiny Llama" in text
+    shipped = yaml.safe_load(open("recipes/quickstart-causal.yaml", encoding="utf-8"))
+    for stage, keys in {"sft": ("learning_rate", "batch_size", "epochs", "lr_schedule"),
+                        "reward": ("learning_rate", "batch_size", "epochs", "likelihood_term"),
+                        "ppo": ("iterations", "batch_size", "minibatch_size", "temperature", "policy_learning_rate")}.items():
+        assert {k: raw[stage][k] for k in keys} == {k: shipped[stage][k] for k in keys}, stage
+    # its tokenizer has a chat template: prompts become user turns, and the recipe runs through it
+    assert raw["chat_template"] is True and raw["prompt_template"] == "{prompt}"
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    longest = max(len(tokenizer(row["document"]).input_ids) for row in rows("sft.jsonl", 200))
+    assert longest <= raw["max_prompt_tokens"]
+    validated = CliRunner().invoke(main, ["validate", str(tmp_path / "recipe.yaml")])
+    assert validated.exit_code == 0, validated.output
+    metrics = run_short(tmp_path, tiny_causal_dir, "ppo.minibatch_size=4")
+    assert metrics["reward"]["eval_pairs"] > 0 and metrics["ppo"]["iterations"] == 1
+
+
+@pytest.mark.parametrize("shape, settings, said", [
+    ({"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+      "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}, "smollm2-135m",
+     "the nearest size to this base's 135M parameters"),
+    ({"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+      "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True}, "qwen2.5-1.5b",
+     "the nearest size to this base's 1.2B parameters"),  # Llama-3.2-1B's shape
+    ({"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "vocab_size": 1000}, "quickstart-causal", "tiny-like too"),
+])
+def test_a_decoder_only_base_gets_the_settings_of_the_nearest_shipped_decoder(tmp_path, shape, settings, said):
+    from transformers import LlamaConfig
+
+    base = tmp_path / "my-llama"
+    LlamaConfig(**shape).save_pretrained(base)  # no weights: only the config is read
+    _, raw = init(tmp_path, str(EXAMPLE_DATA), "--base", str(base))
+    text = " ".join(line.lstrip("# ") for line in (tmp_path / "recipe.yaml").read_text().splitlines())
+    assert said in text and f"recipes/{settings}.yaml" in text
+    assert raw["prompt_template"] == "{prompt}\nAnswer:" and "chat_template" not in raw  # no tokenizer there
+
+
+@pytest.mark.parametrize("hub_id", ["HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-360M",
+                                    "HuggingFaceTB/SmolLM2-1.7B", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B",
+                                    "Qwen/Qwen2.5-7B"])
+def test_each_shipped_decoder_gets_the_settings_of_its_recipe(tmp_path, hub_id):
+    from lorahf.init import CAUSAL
+
+    _, raw = init(tmp_path, str(EXAMPLE_DATA), "--base", hub_id)
+    source = CAUSAL[hub_id][0].source
+    shipped = yaml.safe_load(open(source, encoding="utf-8"))
+    assert shipped["model"]["name"] == hub_id and source in (tmp_path / "recipe.yaml").read_text()
+    for key in ("quantization", "gradient_checkpointing"):
+        assert raw["model"][key] == shipped["model"][key], key
+    for stage, keys in {"sft": ("learning_rate", "batch_size", "epochs"), "reward": ("learning_rate", "batch_size"),
+                        "ppo": ("batch_size", "minibatch_size")}.items():
+        assert {k: raw[stage][k] for k in keys} == {k: shipped[stage][k] for k in keys}, stage
+    card = open(source, encoding="utf-8").readline()
+    assert f"--gpu-memory {CAUSAL[hub_id][0].gpu_memory}" in (tmp_path / "recipe.yaml").read_text()
+    assert f"{CAUSAL[hub_id][0].gpu_memory.removesuffix('GiB')} GB GPU" in card
+    assert raw["prompt_template"] == "{prompt}\nAnswer:"  # a hub id without -Instruct: a base model's template
+
+
+def test_an_instruct_hub_id_gets_its_base_recipes_settings_and_the_chat_template(tmp_path):
+    _, raw = init(tmp_path, str(EXAMPLE_DATA), "--base", "Qwen/Qwen2.5-7B-Instruct")
+    shipped = yaml.safe_load(open("recipes/qwen2.5-7b.yaml", encoding="utf-8"))
+    assert raw["model"]["quantization"] == shipped["model"]["quantization"] == "4bit"
+    assert raw["sft"]["learning_rate"] == shipped["sft"]["learning_rate"]
+    assert raw["chat_template"] is True
 
 
 @pytest.mark.parametrize("size", ["small", "base", "large", "xl", "xxl"])

@@ -1,5 +1,5 @@
-"""The PPO stage on the tiny T5: it learns a hand-written reward, trains only what it should, resumes, and
-respects the reward model's quality gate."""
+"""The PPO stage on the tiny bases: it learns a hand-written reward, trains only what it should (on the T5 and on the
+Llama), resumes (both), and respects the reward model's quality gate."""
 
 from __future__ import annotations
 
@@ -70,12 +70,23 @@ def _fingerprint(tensors) -> str:
     return digest.hexdigest()
 
 
-def test_ppo_trains_policy_and_value_only(tmp_path, tiny_model_dir, backbone):
-    """With a reward model: policy and value change; sft, reward (adapter and head) and the base do not."""
+@pytest.fixture
+def family_backbone(family_model_dir):
+    from lorahf.backbone import Backbone
+
+    loaded = Backbone.load(str(family_model_dir), quantization="8bit")
+    yield loaded
+    loaded.close()
+
+
+def test_ppo_trains_policy_and_value_only(tmp_path, family_model_dir, family_backbone):
+    """With a reward model: policy and value change; sft, reward (adapter and head) and the base do not (on the tiny
+    T5 and on the tiny Llama)."""
+    backbone = family_backbone
     reward = {"data": {"files": [str(EXAMPLE_DATA / "preferences.jsonl")], "max_rows": 64,
                        "columns": {"prompt": "document", "chosen": "better", "rejected": "worse"}},
               "max_steps": 2, "eval_every": 2, "min_accuracy": 0.0}
-    recipe = _recipe(tmp_path, tiny_model_dir, stages=("sft", "reward", "ppo"), reward=reward, reward_judge=None, sft_steps=10,
+    recipe = _recipe(tmp_path, family_model_dir, stages=("sft", "reward", "ppo"), reward=reward, reward_judge=None, sft_steps=10,
                      iterations=2, eval_every=2)
     folder = RunFolder(recipe.run_dir)
     for stage in ("sft", "reward"):
@@ -97,11 +108,11 @@ def test_ppo_trains_policy_and_value_only(tmp_path, tiny_model_dir, backbone):
 
 
 def test_killed_mid_ppo_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run_does(
-        tmp_path, tiny_model_dir, monkeypatch):
-    unbroken = _recipe(tmp_path, tiny_model_dir, name="unbroken", sft_steps=10, iterations=5, eval_every=5)
+        tmp_path, family_model_dir, monkeypatch):
+    unbroken = _recipe(tmp_path, family_model_dir, name="unbroken", sft_steps=10, iterations=5, eval_every=5)
     pipeline.run(unbroken)
 
-    broken = _recipe(tmp_path, tiny_model_dir, name="broken", sft_steps=10, iterations=5, eval_every=5)
+    broken = _recipe(tmp_path, family_model_dir, name="broken", sft_steps=10, iterations=5, eval_every=5)
     iterate = ppo_stage.iterate
 
     def killed_at_five(*args, **kwargs):

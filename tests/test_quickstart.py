@@ -89,3 +89,33 @@ def test_quickstart_end_to_end(tmp_path):
     assert evaluate["adapters"] == ["sft", "policy"] and evaluate["win_rate_ci.gold"][0] > 0.5, evaluate
     report = (dpo_run / "report.md").read_text()
     assert "| evaluate | ✓ | the gold judge prefers policy to sft |" in report and "## dpo" in report
+
+
+def test_causal_quickstart_end_to_end(tmp_path):
+    """recipes/quickstart-causal.yaml, as the README gives it: the same pipeline on a tiny Llama built locally, the same
+    check table, then its policy merged into the base and checked to answer exactly like the adapter."""
+    for folder in ("recipes", "examples"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    lorahf = [sys.executable, "-m", "lorahf"]
+    done = subprocess.run(lorahf + ["run", "recipes/quickstart-causal.yaml"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "✗" not in done.stdout, done.stdout
+    assert json.loads((tmp_path / "models" / "tiny-llama" / "config.json").read_text())["model_type"] == "llama"
+
+    run = tmp_path / "runs" / "quickstart-causal"
+    sft = json.loads((run / "stages" / "sft.json").read_text())["metrics"]
+    reward = json.loads((run / "stages" / "reward.json").read_text())["metrics"]
+    ppo = json.loads((run / "stages" / "ppo.json").read_text())["metrics"]
+    evaluate = json.loads((run / "stages" / "evaluate.json").read_text())["metrics"]
+    assert sft["train_loss_last"] < 0.3 * sft["train_loss_first"] and sft["eval_loss"] < 0.3 * sft["eval_loss_untrained"]
+    assert reward["gate"] == "pass" and reward["eval_accuracy"] >= 0.7
+    assert ppo["gold_win_rate_vs_sft"] > 0.5 and 0 < ppo["kl"] < ppo["kl_limit"]
+    assert evaluate["win_rate_ci.gold"][0] > 0.5, evaluate  # the gold judge prefers PPO to sft, interval above 0.5
+
+    merged = subprocess.run(lorahf + ["merge", "runs/quickstart-causal", "--adapter", "policy", "--out",
+                                      "merged/causal"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    assert "16 of 16 held-out greedy answers identical" in " ".join(merged.stdout.split())
+    card = (tmp_path / "merged" / "causal" / "README.md").read_text()
+    assert "AutoModelForCausalLM" in card and "Seq2Seq" not in card

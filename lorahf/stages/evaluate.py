@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 from lorahf import distributed
-from lorahf.data import encode_prompts
 from lorahf.compare import Comparison, Sampling, compare_adapters, describe_win, held_out_prompts
 from lorahf.judge import REWARD, PreferenceFile, build_judges
 from lorahf.metrics import bleu, meteor, rouge
