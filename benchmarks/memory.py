@@ -207,7 +207,7 @@ def measure_separate(folder: str) -> dict:
         base = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.float32, device_map={"": "cpu"},
                                                      quantization_config=BitsAndBytesConfig(load_in_8bit=True))
         config = LoraConfig(task_type="SEQ_2_SEQ_LM", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules))
+                            target_modules=lora.target_modules)
         models.append(get_peft_model(base, config, adapter_name=role))
         if role in HEADED:
             heads.append(ScalarHead(base.config.d_model))
