@@ -1,8 +1,11 @@
 """How close `lorahf plan` comes to measured peaks: on this CPU (run here) and on a GPU (measured earlier).
 
-    python benchmarks/plan_check.py
+    python benchmarks/plan_check.py            # everything
+    python benchmarks/plan_check.py causal     # only the decoder-only CPU rows (likewise: t5, gpu)
 
-CPU: the quickstart's tiny T5 and a flan-t5-small-shaped T5 (random, built here) are loaded as a run loads
+CPU: the quickstart's tiny T5 and a flan-t5-small-shaped T5 (random, built here), and the decoder-only
+counterparts: the tiny Llama (`make-tiny --family causal`) and a SmolLM2-135M-shaped Llama cut to 4 of its 30
+layers (random, built here from `plan.CAUSAL`'s dimensions), are loaded as a run loads
 them (`Backbone.load`, 8-bit, the bitsandbytes CPU path), and one SFT step, one reward step and one PPO
 update pass run for real; the bytes of every tensor they create are counted while they live (the same
 counter the planner runs on the meta device, here on real tensors and real bitsandbytes layers). The
@@ -95,6 +98,35 @@ def cpu_rows() -> list[tuple]:
     return rows
 
 
+def causal_cpu_rows() -> list[tuple]:
+    from lorahf import plan
+    from lorahf.families import family_of
+    from lorahf.tiny import TinyCausalSpec, make_tiny
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        tiny = Path(folder) / "tiny-llama"
+        make_tiny(REPO / "examples" / "summaries" / "data", tiny, TinyCausalSpec())
+        smol = Path(folder) / "smollm2-135m-4-layers"
+        config = plan.with_depths(plan.model_config("HuggingFaceTB/SmolLM2-135M"), {"num_hidden_layers": 4})
+        torch.manual_seed(0)
+        family_of(config).auto_class().from_config(config, dtype=torch.float32).save_pretrained(smol)
+        _tokenizer_for(tiny, config.vocab_size).save_pretrained(smol)
+        for model, (prompt, response, batch) in ((tiny, (96, 16, 16)), (smol, (256, 32, 4))):
+            rows += _cpu_model(str(model), prompt, response, batch)
+        rows += _cpu_model(str(smol), 256, 32, 4, checkpointing=True)
+    return rows
+
+
+def _tokenizer_for(tiny: Path, vocabulary: int):
+    """The tiny Llama's tokenizer, for a model with a larger vocabulary (the ids it writes are all in range)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    assert len(tokenizer) <= vocabulary
+    return tokenizer
+
+
 def _cpu_model(model: str, prompt: int, response: int, batch: int, checkpointing: bool = False) -> list[tuple]:
     """Weights, then an SFT step, a reward step and a PPO update pass (with checkpointing: the SFT step only)."""
     from lorahf import plan
@@ -109,6 +141,7 @@ def _cpu_model(model: str, prompt: int, response: int, batch: int, checkpointing
                         minibatch=batch // 2)
     config = plan.model_config(model)
     shape = plan.Shape(config, torch.float32, "cpu", padded=False)
+    width = config.hidden_size * shape.encoder_decoder  # the rollout keeps T5's encoder outputs of the prompts
     backbone = Backbone.load(model, quantization="8bit", device="cpu", gradient_checkpointing=checkpointing)
     rows = [] if checkpointing else [(label, "base", plan.base_bytes(config, "8bit", torch.float32),
                                       backbone.memory_report().base_bytes)]
@@ -138,8 +171,8 @@ def _cpu_model(model: str, prompt: int, response: int, batch: int, checkpointing
         backbone.model.eval()
         rows_ = batch // 2
         part = collate([[5] * (prompt - 1) + [1]] * rows_, [[6] * (response - 1) + [1]] * rows_, 0)
-        states = torch.zeros(2 * rows_, prompt, config.d_model)
-        kept = 2 * batch * prompt * config.d_model * 4
+        states = torch.zeros(2 * rows_, prompt, width) if shape.encoder_decoder else None
+        kept = 2 * batch * prompt * width * 4
         parameters = backbone.parameters("policy") + backbone.parameters("value")
 
         def update():
@@ -159,12 +192,19 @@ def table(title: str, rows: list[tuple], unit: int, name: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    print(table("CPU (this machine; real steps, tensor bytes counted)", cpu_rows(), MIB, "MiB"))
-    print()
-    print(table("GPU (H200, measured by benchmarks/gpu.py; peak of the whole process's tensors)", gpu_rows(), GIB,
-                "GiB"))
+def main(parts: list[str]) -> None:
+    parts = parts or ["t5", "causal", "gpu"]
+    if "t5" in parts:
+        print(table("CPU, T5 (this machine; real steps, tensor bytes counted)", cpu_rows(), MIB, "MiB"))
+        print()
+    if "causal" in parts:
+        print(table("CPU, decoder-only (this machine; real steps, tensor bytes counted)", causal_cpu_rows(), MIB,
+                    "MiB"))
+        print()
+    if "gpu" in parts:
+        print(table("GPU (H200, measured by benchmarks/gpu.py; peak of the whole process's tensors)", gpu_rows(), GIB,
+                    "GiB"))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -2,16 +2,20 @@
 
 Per stage, the peak is the sum of what is held at that moment:
   base        the base's weights as quantized: int8 (+ fp32 row scales) or NF4 (+ block scales) for the
-              linear layers of the T5 blocks; embeddings, lm_head and norms in the compute dtype
+              linear layers bitsandbytes converts (those transformers does not keep out: the LM head, T5's `wo`);
+              embeddings, lm_head, norms and the rest in the compute dtype. Read off the model itself, built
+              from its config on the meta device, so any family (T5, Llama, Qwen2, GPT-2) plans by one path
   adapters    the LoRA roles that exist in that stage (fp32), and their scalar heads
   step        one training step of the stage, traced on PyTorch's meta device through lorahf's own code
               (`sft.response_loss`, the reward's scores and loss, PPO's policy + value minibatch pass):
               activations kept for backward, their gradients, the adapters' gradients and AdamW's two
               states. On a GPU, attention is modelled as PyTorch's memory-efficient kernel (it keeps q, k, v,
               the bias mask, the output and the log-sum-exp, never the full attention matrix).
-  rollout     PPO and evaluation: generation's key/value caches (self-attention and cross-attention),
-              the encoder outputs kept for the update, the sampled tokens' logits, and the largest frozen
-              forward pass (a role reading the whole batch of prompts and responses, without gradients).
+  rollout     PPO and evaluation: generation's key/value caches (T5: self-attention over the response and
+              cross-attention over the prompt; a decoder-only model: one cache over prompt + response, its
+              key/value heads only), an encoder-decoder's encoder outputs kept for the update, the sampled
+              tokens' logits, and the largest frozen forward pass (a role reading the whole batch of prompts and
+              responses, without gradients).
 Validated against measured peaks in BENCHMARKS.md ("Memory planner").
 """
 
@@ -32,7 +36,6 @@ from lorahf.roles import REWARD, lora_settings_of
 from lorahf.stages import registry
 
 GIB = 2 ** 30
-INT8_LINEAR = ("q", "k", "v", "o", "wi", "wi_0", "wi_1")  # T5 block linears bitsandbytes quantizes (not wo)
 FP32 = 4
 
 
@@ -72,42 +75,70 @@ def plan(recipe, device: str = "cuda", padded: bool = True, exact: bool = False)
 
 
 def by_layers(config, measure, exact: bool = False) -> int:
-    """`measure(config)` of a training step for a deep model, from three traces of shallow copies of it: every T5
-    block after the first allocates the same, and a training step keeps every block's activations for the
-    backward pass, so its peak grows by a fixed amount per encoder and per decoder block (tests/test_plan.py
-    checks this against full traces). Not for passes without gradients: their peak is the largest of several
-    moments, one growing with depth (the caches), others not (the logits). `exact`: trace the model itself."""
-    if exact or config.num_layers + config.num_decoder_layers <= 14:  # three shallow traces hold 14 blocks
+    """`measure(config)` of a training step for a deep model, from traces of shallow copies of it: every block
+    after the first allocates the same, and a training step keeps every block's activations for the backward
+    pass, so its peak grows by a fixed amount per block of each stack (T5: encoder and decoder; a decoder-only
+    model: its one stack; tests/test_plan.py checks this against full traces). Not for passes without gradients:
+    their peak is the largest of several moments, one growing with depth (the caches), others not (the logits).
+    `exact`: trace the model itself (also when it is no deeper than the shallow copies together)."""
+    stacks = depths(config)
+    shallow_blocks = (len(stacks) + 1) * 2 * len(stacks) + len(stacks)  # T5: 14 blocks in 3 traces; a decoder: 5 in 2
+    if exact or sum(stacks.values()) <= shallow_blocks:
         return measure(config)
     return extrapolated(config, measure)
 
 
 def extrapolated(config, measure) -> int:
-    """`measure` of the config's depth, from copies with 2 and 3 encoder and decoder blocks."""
-    encoder, decoder = config.num_layers, config.num_decoder_layers
+    """`measure` of the config's depth, from a copy with 2 blocks in every stack and, per stack, one with 3."""
+    stacks = depths(config)
+    two = measure(with_depths(config, {name: 2 for name in stacks}))
+    total = two
+    for name, depth in stacks.items():
+        per_block = measure(with_depths(config, {**{other: 2 for other in stacks}, name: 3})) - two
+        total += per_block * (depth - 2)
+    return total
 
-    def shallow(encoder_layers: int, decoder_layers: int) -> int:
-        return measure(type(config).from_dict({**config.to_dict(), "num_layers": encoder_layers,
-                                               "num_decoder_layers": decoder_layers}))
 
-    two = shallow(2, 2)
-    per_encoder_block, per_decoder_block = shallow(3, 2) - two, shallow(2, 3) - two
-    return two + per_encoder_block * (encoder - 2) + per_decoder_block * (decoder - 2)
+def depths(config) -> dict[str, int]:
+    """The depth of each stack of blocks, by the config field that sets it."""
+    if getattr(config, "is_encoder_decoder", False):
+        return {"num_layers": config.num_layers, "num_decoder_layers": config.num_decoder_layers}
+    return {"num_hidden_layers": config.num_hidden_layers}  # GPT-2's n_layer too (transformers maps the name)
+
+
+def with_depths(config, stacks: dict[str, int]):
+    """A copy of `config` with other depths; a per-layer list (Qwen2's `layer_types`) is cut to match."""
+    import copy
+
+    shallow = copy.deepcopy(config)
+    for name, depth in stacks.items():
+        setattr(shallow, name, depth)
+    if isinstance(getattr(shallow, "layer_types", None), list) and "num_hidden_layers" in stacks:
+        shallow.layer_types = (shallow.layer_types * stacks["num_hidden_layers"])[:stacks["num_hidden_layers"]]
+    return shallow
 
 
 # The public dimensions of google/flan-t5-*, so that their recipes plan without a hub (config.json on the hub).
 FLAN_T5 = {"small": (512, 1024, 8, 6), "base": (768, 2048, 12, 12), "large": (1024, 2816, 24, 16),
            "xl": (2048, 5120, 24, 32), "xxl": (4096, 10240, 24, 64)}
+# The same for the decoder-only bases of the shipped recipes (their config.json on the hub; an -Instruct model has
+# its base's): model type, hidden size, SwiGLU width, layers, attention heads, key/value heads, vocabulary, tied head.
+CAUSAL = {"HuggingFaceTB/SmolLM2-135M": ("llama", 576, 1536, 30, 9, 3, 49152, True),
+          "HuggingFaceTB/SmolLM2-360M": ("llama", 960, 2560, 32, 15, 5, 49152, True),
+          "HuggingFaceTB/SmolLM2-1.7B": ("llama", 2048, 8192, 24, 32, 32, 49152, True),
+          "Qwen/Qwen2.5-0.5B": ("qwen2", 896, 4864, 24, 14, 2, 151936, True),
+          "Qwen/Qwen2.5-1.5B": ("qwen2", 1536, 8960, 28, 12, 2, 151936, True),
+          "Qwen/Qwen2.5-7B": ("qwen2", 3584, 18944, 28, 28, 4, 152064, False)}
 
 
 def model_config(name: str, make_tiny_from: str | None = None, make_tiny_family: str = "seq2seq"):
-    """The config of a local folder, a cached hub id, one of google/flan-t5-*'s (known without a hub), or,
-    when `make_tiny_from` is set and `name` does not exist yet, of the tiny T5 the first run will build there.
-    Any other name fails at once, as `lorahf run` does, instead of after the hub client's retries."""
+    """The config of a local folder, a cached hub id, one of google/flan-t5-*'s or `CAUSAL`'s (known without a
+    hub), or, when `make_tiny_from` is set and `name` does not exist yet, of the tiny base the first run will build
+    there. Any other name fails at once, as `lorahf run` does, instead of after the hub client's retries."""
     from pathlib import Path
 
     from huggingface_hub import try_to_load_from_cache
-    from transformers import AutoConfig, T5Config
+    from transformers import AutoConfig
 
     from lorahf.backbone import check_folder
 
@@ -118,54 +149,115 @@ def model_config(name: str, make_tiny_from: str | None = None, make_tiny_family:
         # make_tiny sizes the model to its tokenizer, trained on make_tiny_from's text: BPE stops short of
         # the spec's vocab_size when that text holds fewer merges, and the plan is then a few kB too large.
         return tiny.config_of(tiny.spec_for(make_tiny_family))
-    size = name.removeprefix("google/flan-t5-")
-    flan = name.startswith("google/flan-t5-") and size in FLAN_T5
-    if not flan:
+    published = None if local else published_config(name)
+    if published is None:
         check_folder(name)  # a folder without config.json, or a hub id neither cached nor reachable: one line
     # A hub id's config in the cache is read from there (asking the hub for a newer one costs its retries
-    # offline); a Flan-T5 not in the cache comes from FLAN_T5.
-    from_cache = not local and (flan or isinstance(try_to_load_from_cache(name, "config.json"), str))
+    # offline); a published one not in the cache comes from FLAN_T5 or CAUSAL.
+    from_cache = not local and (published is not None or isinstance(try_to_load_from_cache(name, "config.json"), str))
     try:
         return AutoConfig.from_pretrained(name, local_files_only=from_cache)
     except Exception as error:  # noqa: BLE001 - a missing or broken config, in one line
-        if flan:
-            d_model, d_ff, layers, heads = FLAN_T5[size]
-            return T5Config(vocab_size=32128, d_model=d_model, d_ff=d_ff, d_kv=64, num_heads=heads, num_layers=layers,
-                            num_decoder_layers=layers, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                            relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        if published is not None:
+            return published
         raise LorahfError(f"{name}: cannot read the model's config ({str(error).splitlines()[0]})",
                           hint="give a local folder, or a hub id whose config is in the cache") from None
 
 
+def published_config(name: str):
+    """The config of google/flan-t5-SIZE or of a `CAUSAL` base (or its -Instruct), from the tables; None otherwise."""
+    from transformers import AutoConfig, T5Config
+
+    size = name.removeprefix("google/flan-t5-")
+    if name.startswith("google/flan-t5-") and size in FLAN_T5:
+        d_model, d_ff, layers, heads = FLAN_T5[size]
+        return T5Config(vocab_size=32128, d_model=d_model, d_ff=d_ff, d_kv=64, num_heads=heads, num_layers=layers,
+                        num_decoder_layers=layers, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                        relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    dims = CAUSAL.get(name.removesuffix("-Instruct"))
+    if dims is None:
+        return None
+    model_type, hidden, intermediate, layers, heads, kv_heads, vocabulary, tied = dims
+    return AutoConfig.for_model(model_type, hidden_size=hidden, intermediate_size=intermediate,
+                                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                                head_dim=hidden // heads, vocab_size=vocabulary, tie_word_embeddings=tied)
+
+
 # ----------------------------------------------------------------------------------------- weights
 def base_bytes(config, quantization: str, dtype: torch.dtype, tied: bool | None = None) -> int:
-    """The base's weights as `Backbone.load` holds them: bitsandbytes quantizes the T5 blocks' linear layers
-    except `wo` (T5 keeps it out of quantization: `_keep_in_fp32_modules`); the embeddings, `wo`, lm_head
-    and the norms stay in the compute dtype. `tied`: lm_head shares the embedding matrix (None: as T5
-    v1.1 and Flan-T5 are, untied, when the config does not scale decoder outputs)."""
-    size = torch.tensor([], dtype=dtype).element_size()
-    d, ff, inner = config.d_model, config.d_ff, config.num_heads * config.d_kv
-    gated = config.is_gated_act if hasattr(config, "is_gated_act") else "gated" in config.feed_forward_proj
-    ffn_in = [(d, ff)] * (2 if gated else 1)
-    attention = [(d, inner)] * 3 + [(inner, d)]
-    quantized = (attention + ffn_in) * config.num_layers + (attention * 2 + ffn_in) * config.num_decoder_layers
-    kept = ff * d * (config.num_layers + config.num_decoder_layers)  # every block's wo
-    weights = sum(i * o for i, o in quantized)
-    rows = sum(o for _, o in quantized)
+    """The base's weights as `Backbone.load` holds them, read off the model built on the meta device: the linear
+    layers bitsandbytes converts (`quantized_linears`) as int8 + an fp32 scale per output row, or NF4 + its block
+    scales; every other parameter and buffer (embeddings, lm_head, norms, T5's `wo`, biases) as built.
+    `tied`: count lm_head as sharing the embedding matrix or not, whatever the config says (None: as built;
+    T5 ties it unless the config leaves decoder outputs unscaled, as Flan-T5 and T5 v1.1 do)."""
+    model = meta_model(config, dtype)
+    quantized = quantized_linears(model) if quantization in ("8bit", "4bit") else {}
+    converted = {id(module.weight) for module in quantized.values()}
+    weights = sum(module.weight.numel() for module in quantized.values())
+    rows = sum(_in_out(module)[1] for module in quantized.values())
     if quantization == "8bit":
         linear_bytes = weights + FP32 * rows  # int8 weights + one fp32 scale per output row
     elif quantization == "4bit":
         blocks = weights // 64  # NF4: 4 bits a weight, one 8-bit scale per block of 64 (double quantization)
         linear_bytes = weights // 2 + blocks + FP32 * (blocks // 256 + 1)
     else:
-        linear_bytes = weights * size
-    if tied is None:
+        linear_bytes = 0
+    kept = sum(_bytes(t) for t in list(model.parameters()) + list(model.buffers()) if id(t) not in converted)
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if tied is None and getattr(config, "is_encoder_decoder", False):
         tied = getattr(config, "scale_decoder_outputs", True)
-    embeddings = config.vocab_size * d * (1 if tied else 2)  # shared embedding (+ lm_head)
-    norms = d * (2 * config.num_layers + 3 * config.num_decoder_layers + 2)
-    bias = 2 * config.relative_attention_num_buckets * config.num_heads
-    return linear_bytes + (kept + embeddings + norms + bias) * size
+    built_tied = head is not None and head.weight is embeddings.weight
+    if tied is not None and tied != built_tied:
+        kept += _bytes(embeddings.weight) * (1 if not tied else -1)
+    return linear_bytes + kept
+
+
+def meta_model(config, dtype: torch.dtype):
+    """The config's model, as its family's auto class builds it, on the meta device (no memory)."""
+    from lorahf.families import family_of
+
+    family = family_of(config)
+    if family is None:
+        raise LorahfError(f"{config.model_type}: lorahf plans encoder-decoder (T5) and decoder-only (Llama, Qwen, "
+                          "GPT) language models")
+    with torch.device("meta"):
+        return family.auto_class().from_config(config, dtype=dtype)
+
+
+def quantized_linears(model) -> dict[str, torch.nn.Module]:
+    """The layers bitsandbytes converts when transformers loads `model` in 8 or 4 bits, as transformers picks them:
+    every plain nn.Linear (and GPT-2's Conv1D) except the modules it keeps out (the output embeddings, tied
+    weights, the last parameter's module, the model's `_keep_in_fp32_modules` such as T5's `wo`)."""
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.base import HfQuantizer
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    skipped = HfQuantizer.get_modules_to_not_convert(model, None, model._keep_in_fp32_modules)
+    return {name: module for name, module in model.named_modules()
+            if (type(module) is torch.nn.Linear or isinstance(module, Conv1D)) and should_convert_module(name, skipped)}
+
+
+def _in_out(module) -> tuple[int, int]:
+    from transformers.pytorch_utils import Conv1D
+
+    return tuple(module.weight.shape) if isinstance(module, Conv1D) else (module.in_features, module.out_features)
+
+
+def _bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def cache_dims(config) -> tuple[int, int]:
+    """(layers, width) of generation's key/value cache: each layer keeps a key and a value of `width` per token
+    (T5: its heads over the response, and again over the prompt for cross-attention; a decoder-only model: its
+    key/value heads, fewer than its query heads under grouped-query attention, over prompt + response)."""
+    if getattr(config, "is_encoder_decoder", False):
+        return config.num_decoder_layers, config.num_heads * config.d_kv
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers, kv_heads * head_dim
 
 
 # ------------------------------------------------------------------------------------- meta tracing
@@ -175,46 +267,43 @@ class Shape:
     def __init__(self, config, dtype: torch.dtype, device: str, padded: bool = True):
         self.config, self.dtype, self.device, self.padded = config, dtype, device, padded
         self.size = torch.tensor([], dtype=dtype).element_size()
+        self.encoder_decoder = getattr(config, "is_encoder_decoder", False)  # else: no encoder states to keep
+        self._lora_widths: dict[tuple, int] = {}
 
     def lora_bytes(self, lora) -> int:
-        config = self.config
-        d, ff, inner = config.d_model, config.d_ff, config.num_heads * config.d_kv
-        shapes = {"q": (d, inner), "k": (d, inner), "v": (d, inner), "o": (inner, d), "wi": (d, ff),
-                  "wi_0": (d, ff), "wi_1": (d, ff), "wo": (ff, d)}
-        targets = lora.target_modules
-        if targets == "all-linear":  # peft's every linear of the blocks: T5 v1.1 gates its wi in two
-            targets = ["q", "k", "v", "o", "wo", *(["wi_0", "wi_1"] if config.is_gated_act else ["wi"])]
-        per_encoder = sum(sum(shapes[t]) for t in targets if t in shapes)
-        attention = sum(sum(shapes[t]) for t in targets if t in ("q", "k", "v", "o"))
-        per_decoder = per_encoder + attention  # cross-attention has its own q, k, v, o
-        return lora.r * (per_encoder * config.num_layers + per_decoder * config.num_decoder_layers) * FP32
+        """An adapter's fp32 weights: r x (in + out) for every layer peft targets, found as `Backbone.add_adapter`
+        finds them (names, or all-linear: every linear of the blocks, never the LM head), on the meta model."""
+        targets = lora.target_modules if isinstance(lora.target_modules, str) else tuple(lora.target_modules)
+        if targets not in self._lora_widths:
+            from types import SimpleNamespace
+
+            from lorahf.backbone import Backbone
+
+            backbone = Backbone(meta_model(self.config, self.dtype), _Tokens(), "plan", "none", torch.device("meta"))
+            with torch.device("meta"):
+                backbone.add_adapter("plan", SimpleNamespace(r=1, alpha=1, dropout=0.0,
+                                                             target_modules=lora.target_modules))
+            self._lora_widths[targets] = backbone.memory_report().adapter_bytes["plan"] // FP32
+        return lora.r * self._lora_widths[targets] * FP32
 
     @contextmanager
     def backbone(self, recipe, roles: tuple[str, ...], heads: tuple[str, ...] = ()):
         """A Backbone of the config's model on the meta device (no memory), with `roles` as adapters."""
-        from transformers import T5ForConditionalGeneration
-
         from lorahf.backbone import Backbone, ScalarHead
 
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-        try:
-            with torch.device("meta"):
-                model = T5ForConditionalGeneration(self.config)
-        finally:
-            torch.set_default_dtype(default)
+        model = meta_model(self.config, self.dtype)
         _register_planned_attention()
-        # on a GPU, sdpa runs the memory-efficient kernel (modelled); on the CPU, PyTorch's own sdpa (traced)
+        # on a GPU, sdpa runs the memory-efficient kernel (modelled); on the CPU, PyTorch's own sdpa (traced, its
+        # flash kernel called by name where the CPU runs it)
         attention = ("lorahf_planned" if self.device == "cuda" else "lorahf_sdpa") + ("" if self.padded else "_full")
-        for module in model.modules():  # the encoder and decoder stacks hold their own copies of the config
+        for module in model.modules():  # T5's encoder and decoder stacks hold their own copies of the config
             if hasattr(module, "config"):
                 module.config._attn_implementation = attention
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         if getattr(recipe.model, "quantization", "none") == "8bit":
-            for name, module in model.named_modules():
-                if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in INT8_LINEAR:
-                    module.forward = partial(_int8_linear, module)
+            for module in quantized_linears(model).values():
+                module.forward = partial(_int8_linear, module)
         if recipe.model.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         backbone = Backbone(model, _Tokens(), recipe.model.name, "none", torch.device("meta"))
@@ -223,7 +312,7 @@ class Shape:
                 backbone.add_adapter(role, getattr(recipe.lora, lora_settings_of(role)))
         for role in heads:
             likelihood = role == REWARD and getattr(getattr(recipe, "reward", None), "likelihood_term", False)
-            head = ScalarHead(self.config.d_model).to("meta")
+            head = ScalarHead(self.config.hidden_size).to("meta")
             head._buffers.update(offset=torch.zeros(()), likelihood=torch.tensor(likelihood))  # read as numbers
             backbone.heads[role] = head
         if self.device != "cuda":
@@ -265,10 +354,10 @@ class Shape:
             score_responses(backbone, groups, list(range(prompts))), groups.pairs, recipe.reward.margin), head=True)
 
     def trace_ppo_update(self, recipe, rows: int, batch_size: int) -> int:
-        """One micro-batch of the PPO update (policy and value rows in one pass, encoder outputs reused: the
-        update's own `policy_and_values`), plus what the rollout keeps for the update (encoder outputs, log-probs,
-        values). The losses on top are a few [B, R] tensors; `update._loss_and_backward` itself reads numbers
-        (`.item()`), which meta tensors do not have."""
+        """One micro-batch of the PPO update (policy and value rows in one pass, an encoder-decoder's encoder outputs
+        reused: the update's own `policy_and_values`), plus what the rollout keeps for the update (those encoder
+        outputs; a decoder-only model keeps none). The losses on top are a few [B, R] tensors;
+        `update._loss_and_backward` itself reads numbers (`.item()`), which meta tensors do not have."""
         from lorahf.ppo.update import policy_and_values
         from lorahf.roles import POLICY, VALUE
 
@@ -277,11 +366,12 @@ class Shape:
             parameters = backbone.parameters(POLICY) + backbone.parameters(VALUE)
             backbone.model.eval()
             batch = self.batch(rows, recipe.max_prompt_tokens, recipe.max_response_tokens)
-            kept = 2 * batch_size * recipe.max_prompt_tokens * self.config.d_model * self.size
+            width = self.config.hidden_size * self.encoder_decoder
+            kept = 2 * batch_size * recipe.max_prompt_tokens * width * self.size
 
             def step():
-                states = torch.empty(2 * rows, recipe.max_prompt_tokens, self.config.d_model, dtype=self.dtype,
-                                     device="meta")
+                states = torch.empty(2 * rows, recipe.max_prompt_tokens, width, dtype=self.dtype,
+                                     device="meta") if self.encoder_decoder else None
                 logprobs, values = policy_and_values(backbone, batch, states, recipe.ppo.temperature)
                 _train_step(logprobs.sum() + values.sum(), parameters)
             return kept + _peak(step)
@@ -290,9 +380,9 @@ class Shape:
                       keep_logits: bool) -> int:
         """Generation's caches and kept tensors, plus the largest frozen pass over the batch (traced)."""
         config, size = self.config, self.size
-        heads_dim = config.num_heads * config.d_kv
-        cache = 2 * config.num_decoder_layers * batch * heads_dim * (response + prompt) * size
-        encoder = batch * prompt * config.d_model * size * (3 if keep_encoder_states else 1)
+        layers, width = cache_dims(config)
+        cache = 2 * layers * batch * width * (response + prompt) * size  # a key and a value a token, every layer
+        encoder = batch * prompt * config.hidden_size * size * (3 if keep_encoder_states else 1) * self.encoder_decoder
         logits = batch * response * config.vocab_size * FP32 * (2 if keep_logits else 1)
         return cache + encoder + logits + self._frozen_pass(batch, prompt, response)
 
@@ -300,7 +390,7 @@ class Shape:
         from types import SimpleNamespace
 
         recipe = SimpleNamespace(model=SimpleNamespace(name="plan", gradient_checkpointing=False),
-                                 lora=SimpleNamespace(reward=_PlainLora()))
+                                 lora=SimpleNamespace(reward=_PlainLora(self.encoder_decoder)))
         with self.backbone(recipe, (REWARD,), heads=(REWARD,)) as backbone:
             backbone.use(REWARD).model.eval()
             data = self.batch(batch, prompt, response)
@@ -326,9 +416,13 @@ class _Tokens:
 
 
 class _PlainLora:
-    """LoRA settings for a frozen pass: its memory does not depend on them beyond a few MB."""
+    """LoRA settings for a frozen pass: its memory does not depend on them beyond a few MB (T5: q and v, as
+    planned before the causal family; other models: all-linear)."""
 
-    r, alpha, dropout, target_modules = 16, 32, 0.0, ["q", "v"]
+    r, alpha, dropout = 16, 32, 0.0
+
+    def __init__(self, encoder_decoder: bool):
+        self.target_modules = ["q", "v"] if encoder_decoder else "all-linear"
 
 
 def _train_step(loss: torch.Tensor, parameters: list[torch.nn.Parameter]) -> None:
@@ -380,19 +474,22 @@ class _KeepsInput(torch.autograd.Function):
     backward in an attribute of its context, where gradient checkpointing cannot drop it."""
 
     @staticmethod
-    def forward(ctx, input, weight):
+    def forward(ctx, input, weight, bias):
         ctx.kept = input
-        return torch.nn.functional.linear(input, weight)
+        return torch.nn.functional.linear(input, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
-        return torch.empty_like(ctx.kept), None
+        return torch.empty_like(ctx.kept), None, None
 
 
 def _int8_linear(module, input):
+    from transformers.pytorch_utils import Conv1D
+
+    weight = module.weight.t() if isinstance(module, Conv1D) else module.weight  # GPT-2's Conv1D holds [in, out]
     if not input.requires_grad:
-        return torch.nn.functional.linear(input, module.weight, module.bias)
-    return _KeepsInput.apply(input, module.weight)
+        return torch.nn.functional.linear(input, weight, module.bias)
+    return _KeepsInput.apply(input, weight, module.bias)
 
 
 
@@ -424,11 +521,44 @@ class _EfficientAttention(torch.autograd.Function):
 
 def _planned_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                        position_bias=None, **kwargs):
-    from transformers.integrations.sdpa_attention import create_position_bias_mask
+    """What transformers' sdpa path hands the kernel: T5's position bias merged into the mask; grouped-query
+    key/value heads repeated unless sdpa can take them grouped (no mask); a boolean mask made additive in the
+    query's dtype, as PyTorch's sdpa does before the memory-efficient kernel, which keeps it for backward."""
+    from transformers.integrations.sdpa_attention import create_position_bias_mask, repeat_kv, use_gqa_in_sdpa
 
-    bias = create_position_bias_mask(position_bias, attention_mask, bool(is_causal), query, key) \
-        if position_bias is not None else attention_mask
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1 and not use_gqa_in_sdpa(attention_mask, key, value):
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    if position_bias is not None:
+        bias = create_position_bias_mask(position_bias, attention_mask, bool(is_causal), query, key)
+    elif attention_mask is not None and attention_mask.dtype == torch.bool:
+        bias = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
+    else:
+        bias = attention_mask
     output = _EfficientAttention.apply(query, key, value, bias)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _cpu_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                   position_bias=None, **kwargs):
+    """transformers' sdpa path as it runs on the CPU. Without dropout, PyTorch's CPU sdpa runs its flash kernel (it
+    keeps the output and the log-sum-exp, and reads grouped key/value heads as they are), where the meta device
+    would run the math kernel (the attention matrix, kept): called here by name. T5 (position bias) keeps the path
+    it was validated on (BENCHMARKS.md), transformers' own sdpa traced as it is."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward, use_gqa_in_sdpa
+
+    if position_bias is not None or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal,
+                                      position_bias=position_bias, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1 and not use_gqa_in_sdpa(attention_mask, key, value):
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # sdpa makes a boolean mask additive
+        attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
+    output = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, is_causal,
+                                                                        attn_mask=attention_mask, scale=scaling)[0]
     return output.transpose(1, 2).contiguous(), None
 
 
@@ -446,9 +576,7 @@ def _register_planned_attention() -> None:
             return None
         return padded_mask(**kwargs)
 
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    for name, attention in (("lorahf_planned", _planned_attention), ("lorahf_sdpa", sdpa_attention_forward)):
+    for name, attention in (("lorahf_planned", _planned_attention), ("lorahf_sdpa", _cpu_attention)):
         for suffix, mask in (("", padded_mask), ("_full", full_mask)):
             AttentionInterface.register(name + suffix, attention)
             AttentionMaskInterface.register(name + suffix, mask)
