@@ -312,6 +312,7 @@ class Settings:
     reward_batch_size: int = 4
     ppo_batch_size: int = 16
     ppo_minibatch_size: int = 4
+    ppo_micro_batch_size: int | None = None  # rows per forward pass inside a minibatch (None: the whole minibatch)
     lr_schedule: str | None = None  # sft's and reward's
     reward_epochs: int | None = None
     reward_eval_fraction: float | None = None
@@ -349,22 +350,27 @@ TINY_CAUSAL = Settings("recipes/quickstart-causal.yaml", sft_learning_rate=1e-3,
                        lr_schedule="constant", reward_epochs=1, reward_eval_fraction=0.1, likelihood_term=True,
                        ppo_iterations=40, ppo_learning_rate=2e-4, temperature=1.0, gpu_memory=None, family="causal")
 
-# Per decoder-only base: its recipe's settings and its parameters as published
-CAUSAL = {
-    "HuggingFaceTB/SmolLM2-135M": (Settings("recipes/smollm2-135m.yaml", sft_learning_rate=2e-4, sft_batch_size=16,
-                                            reward_batch_size=8, ppo_batch_size=32, ppo_minibatch_size=8,
-                                            gpu_memory="8GiB", family="causal"), 135e6),
-    "HuggingFaceTB/SmolLM2-360M": (Settings("recipes/smollm2-360m.yaml", sft_learning_rate=2e-4, gpu_memory="8GiB",
-                                            family="causal"), 362e6),
-    "Qwen/Qwen2.5-0.5B": (Settings("recipes/qwen2.5-0.5b.yaml", sft_learning_rate=2e-4, gpu_memory="8GiB",
-                                   family="causal"), 494e6),
+# Per decoder-only base: its recipe's settings and its parameters as published (its config's dimensions are
+# lorahf.plan.CAUSAL's). A decoder's PPO update reads the whole prompt with gradients: micro-batches keep it in the card.
+DECODERS = {
+    "HuggingFaceTB/SmolLM2-135M": (Settings("recipes/smollm2-135m.yaml", sft_learning_rate=2e-4, ppo_batch_size=32,
+                                            ppo_minibatch_size=8, ppo_micro_batch_size=4, gpu_memory="8GiB",
+                                            family="causal"), 135e6),
+    "HuggingFaceTB/SmolLM2-360M": (Settings("recipes/smollm2-360m.yaml", sft_learning_rate=2e-4,
+                                            gradient_checkpointing=True, sft_batch_size=16, reward_batch_size=8,
+                                            ppo_batch_size=32, ppo_minibatch_size=8, ppo_micro_batch_size=2,
+                                            gpu_memory="8GiB", family="causal"), 362e6),
+    "Qwen/Qwen2.5-0.5B": (Settings("recipes/qwen2.5-0.5b.yaml", sft_learning_rate=2e-4, gradient_checkpointing=True,
+                                   sft_batch_size=16, reward_batch_size=8, ppo_batch_size=32, ppo_minibatch_size=8,
+                                   ppo_micro_batch_size=2, gpu_memory="8GiB", family="causal"), 494e6),
     "Qwen/Qwen2.5-1.5B": (Settings("recipes/qwen2.5-1.5b.yaml", sft_learning_rate=1e-4, gradient_checkpointing=True,
-                                   family="causal"), 1.54e9),
+                                   ppo_micro_batch_size=2, family="causal"), 1.54e9),
     "HuggingFaceTB/SmolLM2-1.7B": (Settings("recipes/smollm2-1.7b.yaml", sft_learning_rate=1e-4,
-                                            gradient_checkpointing=True, family="causal"), 1.71e9),
+                                            gradient_checkpointing=True, ppo_micro_batch_size=2, family="causal"),
+                                   1.71e9),
     "Qwen/Qwen2.5-7B": (Settings("recipes/qwen2.5-7b.yaml", sft_learning_rate=1e-4, quantization="4bit",
-                                 gradient_checkpointing=True, sft_batch_size=4, reward_batch_size=2, ppo_batch_size=8,
-                                 ppo_minibatch_size=2, gpu_memory="24GiB", family="causal"), 7.62e9),
+                                 gradient_checkpointing=True, ppo_micro_batch_size=2, gpu_memory="24GiB",
+                                 family="causal"), 7.62e9),
 }
 
 
@@ -383,7 +389,7 @@ def settings_for(base: str) -> tuple[Settings, str]:
     named = re.fullmatch(r"google/flan-t5-(small|base|large|xl|xxl)", base.rstrip("/"))
     if named:
         return FLAN_T5[named[1]][0], f"{FLAN_T5[named[1]][0].source}'s, written for {named[0]}"
-    for hub_id, (settings, _) in CAUSAL.items():
+    for hub_id, (settings, _) in DECODERS.items():
         if re.fullmatch(re.escape(hub_id) + r"(-Instruct)?", base.rstrip("/"), flags=re.IGNORECASE):
             return settings, f"{settings.source}'s, written for {hub_id}"
     try:
@@ -393,7 +399,7 @@ def settings_for(base: str) -> tuple[Settings, str]:
         return fallback, (f"flan-t5-base's ({fallback.source}), a guess: this base's size is unknown, as its "
                           f"config could not be read ({error.message})")
     if family == "causal":
-        return _nearest(parameters, TINY_CAUSAL, {hub_id.split("/")[1]: entry for hub_id, entry in CAUSAL.items()})
+        return _nearest(parameters, TINY_CAUSAL, {hub_id.split("/")[1]: entry for hub_id, entry in DECODERS.items()})
     from lorahf.plan import FLAN_T5 as DIMENSIONS  # (d_model, d_ff, layers per stack, heads)
 
     shape = tuple(getattr(config, key, None) for key in ("d_model", "d_ff", "num_layers", "num_heads"))
@@ -612,6 +618,7 @@ def _ppo_lines(plan: Plan, settings: Settings) -> list[str]:
             *_optional("iterations", settings.ppo_iterations),
             _line(f"  batch_size: {settings.ppo_batch_size}"),
             _line(f"  minibatch_size: {settings.ppo_minibatch_size}"),
+            *_optional("micro_batch_size", settings.ppo_micro_batch_size, "rows per pass: the update's memory"),
             *_optional("temperature", settings.temperature, "sampling at SFT's own distribution"),
             *_optional("policy_learning_rate", rate), *_optional("value_learning_rate", rate)]
 

@@ -108,10 +108,10 @@ def _dpo_recipe(tmp_path, tiny_model_dir, **dpo):
                    "columns": {"prompt": "document", "chosen": "better", "rejected": "worse"}}
     return validate(tiny_run_recipe(tmp_path, tiny_model_dir, "dpo", ["sft", "dpo"], sft_steps=10,
                                     dpo={"data": preferences, "batch_size": 8, "epochs": 2, "eval_every": 5,
-                                         "learning_rate": 1e-3, **dpo}))
+                                         "learning_rate": 1e-3, "patience": None, **dpo}))
 
 
-def test_dpo_trains_the_policy_against_sft_with_the_reference_computed_once(tmp_path, tiny_model_dir, monkeypatch):
+def test_dpo_trains_the_policy_against_sft_with_the_reference_computed_once(tmp_path, family_model_dir, monkeypatch):
     from safetensors.torch import load_file
 
     from lorahf import pipeline
@@ -121,7 +121,7 @@ def test_dpo_trains_the_policy_against_sft_with_the_reference_computed_once(tmp_
     calls = []
     reference_logprobs = dpo.reference_logprobs
     monkeypatch.setattr(dpo, "reference_logprobs", lambda *args: calls.append(len(args[1])) or reference_logprobs(*args))
-    recipe = _dpo_recipe(tmp_path, tiny_model_dir)
+    recipe = _dpo_recipe(tmp_path, family_model_dir)
     result = pipeline.run(recipe)
     metrics = result.metrics["dpo"]
     assert calls == [86, 10]  # train and held-out pairs, once each for two epochs (22 steps)

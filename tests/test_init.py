@@ -219,20 +219,20 @@ def test_a_decoder_only_base_gets_the_settings_of_the_nearest_shipped_decoder(tm
                                     "HuggingFaceTB/SmolLM2-1.7B", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B",
                                     "Qwen/Qwen2.5-7B"])
 def test_each_shipped_decoder_gets_the_settings_of_its_recipe(tmp_path, hub_id):
-    from lorahf.init import CAUSAL
+    from lorahf.init import DECODERS
 
     _, raw = init(tmp_path, str(EXAMPLE_DATA), "--base", hub_id)
-    source = CAUSAL[hub_id][0].source
+    source = DECODERS[hub_id][0].source
     shipped = yaml.safe_load(open(source, encoding="utf-8"))
     assert shipped["model"]["name"] == hub_id and source in (tmp_path / "recipe.yaml").read_text()
     for key in ("quantization", "gradient_checkpointing"):
         assert raw["model"][key] == shipped["model"][key], key
     for stage, keys in {"sft": ("learning_rate", "batch_size", "epochs"), "reward": ("learning_rate", "batch_size"),
-                        "ppo": ("batch_size", "minibatch_size")}.items():
+                        "ppo": ("batch_size", "minibatch_size", "micro_batch_size")}.items():
         assert {k: raw[stage][k] for k in keys} == {k: shipped[stage][k] for k in keys}, stage
     card = open(source, encoding="utf-8").readline()
-    assert f"--gpu-memory {CAUSAL[hub_id][0].gpu_memory}" in (tmp_path / "recipe.yaml").read_text()
-    assert f"{CAUSAL[hub_id][0].gpu_memory.removesuffix('GiB')} GB GPU" in card
+    assert f"--gpu-memory {DECODERS[hub_id][0].gpu_memory}" in (tmp_path / "recipe.yaml").read_text()
+    assert f"{DECODERS[hub_id][0].gpu_memory.removesuffix('GiB')} GB GPU" in card
     assert raw["prompt_template"] == "{prompt}\nAnswer:"  # a hub id without -Instruct: a base model's template
 
 

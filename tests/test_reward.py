@@ -62,9 +62,10 @@ def _recipe(tmp_path, model_dir, stages, extra=None):
     return validate(raw)
 
 
-def test_reward_model_separates_a_trivial_toy_set_and_is_centred(tmp_path, tiny_model_dir):
+def test_reward_model_separates_a_trivial_toy_set_and_is_centred(tmp_path, family_model_dir):
+    """On the tiny T5 and on the tiny Llama."""
     _toy_preferences(tmp_path / "prefs.jsonl")
-    result = pipeline.run(_recipe(tmp_path, tiny_model_dir, ["reward"]))
+    result = pipeline.run(_recipe(tmp_path, family_model_dir, ["reward"]))
     metrics = result.metrics["reward"]
     assert metrics["eval_accuracy"] >= 0.95 and metrics["gate"] == "pass"
     assert metrics["eval_pairs"] == 32
@@ -74,7 +75,7 @@ def test_reward_model_separates_a_trivial_toy_set_and_is_centred(tmp_path, tiny_
     from lorahf.data import collate, encode_prompts, encode_responses, load_rows
     from lorahf.stages.reward import CENTRING_ROWS
 
-    backbone = Backbone.load(str(tiny_model_dir), "8bit")
+    backbone = Backbone.load(str(family_model_dir), "8bit")
     try:
         backbone.load_adapter("reward", result.folder.adapter_dir("reward"))
         backbone.use("reward").model.eval()
