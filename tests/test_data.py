@@ -616,3 +616,41 @@ def test_batch_moves_every_tensor():
     batch = collate([[3, EOS]], [[4, EOS]], pad_token_id=PAD).to("cpu")
     assert isinstance(batch, Seq2SeqBatch)
     assert all(tensor.device.type == "cpu" for tensor in vars(batch).values())
+
+
+def test_a_decoder_prompt_keeps_its_bos_and_its_end_when_cut(tiny_causal_dir):
+    """A decoder-only tokenizer (Llama-style: BOS in front, no EOS) keeps the end of a long prompt, where the template
+    hands over to the answer; its responses end with EOS and carry no BOS."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    text = "Falcons beat Tigers 3-1 in Leeds on a cold Saturday night in front of 16400 fans."
+    full, _ = encode_prompts(tokenizer, [text], 200, "{prompt}\nTL;DR:")
+    cut, truncated = encode_prompts(tokenizer, [text], 8, "{prompt}\nTL;DR:")
+    assert full[0][0] == tokenizer.bos_token_id and tokenizer.eos_token_id not in full[0]
+    assert truncated == 1 and len(cut[0]) == 8 and cut[0][0] == tokenizer.bos_token_id and cut[0][1:] == full[0][-7:]
+    responses, _ = encode_responses(tokenizer, ["Falcons beat Tigers."], 16)
+    assert responses[0][-1] == tokenizer.eos_token_id and tokenizer.bos_token_id not in responses[0]
+
+
+def test_a_chat_prompt_is_the_users_turn_after_the_system_turn(tiny_causal_dir):
+    from transformers import AutoTokenizer
+
+    from lorahf.data import PromptFormat
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    ids, _ = encode_prompts(tokenizer, ["Rain fell in York."], 200, PromptFormat("Report: {prompt}", True, "Be brief."))
+    text = tokenizer.decode(ids[0])
+    assert ids[0].count(tokenizer.bos_token_id) == 1  # the template's own BOS, not a second one from the tokenizer
+    assert text.index("Be brief.") < text.index("Report: Rain fell in York.") < text.rindex("<|assistant|>")
+    assert text.rstrip().endswith("<|assistant|>")
+    with pytest.raises(DataError, match="no chat template"):
+        encode_prompts(_without_chat_template(tokenizer), ["x"], 8, PromptFormat(chat=True))
+
+
+def _without_chat_template(tokenizer):
+    import copy
+
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    return bare
