@@ -66,11 +66,9 @@ def _from_run(run_dir: Path, prompts: list[str], adapter: str, sampling: Samplin
 
 
 def _from_folder(folder: Path, prompts: list[str], sampling: Sampling, progress) -> list[str]:
-    from transformers import AutoConfig, AutoTokenizer
-
-    from lorahf.backbone import give_pad_token, quiet_libraries
+    from lorahf.backbone import quiet_libraries
     from lorahf.data import PromptFormat, collate, encode_prompts
-    from lorahf.families import family_of
+    from lorahf.families import load_plain
     from lorahf.merge import SETTINGS_FILE
 
     quiet_libraries()
@@ -79,12 +77,8 @@ def _from_folder(folder: Path, prompts: list[str], sampling: Sampling, progress)
     form = PromptFormat(settings.get("prompt_template", "{prompt}"), settings.get("chat_template", False),
                         settings.get("system_prompt"))
     max_new_tokens = sampling.max_new_tokens or settings.get("max_new_tokens", 64)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    give_pad_token(tokenizer)
-    family = family_of(AutoConfig.from_pretrained(folder))
-    if family is None:
-        raise LorahfError(f"{folder}: not a language model lorahf can generate with (neither seq2seq nor causal)")
-    model = family.auto_class().from_pretrained(folder).eval()
+    model, tokenizer, family = load_plain(str(folder))
+    model.eval()
     texts: list[str] = []
     with progress.task(f"generate ({folder.name})", total=len(prompts)) as bar, torch.no_grad():
         for start in range(0, len(prompts), sampling.batch_size):

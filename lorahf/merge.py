@@ -41,11 +41,10 @@ class MergeResult:
 
 def merge(run_dir: str | Path, adapter: str, out: str | Path, progress=None) -> MergeResult:
     from peft import PeftModel
-    from transformers import AutoConfig, AutoTokenizer
 
-    from lorahf.backbone import give_pad_token, quiet_libraries
+    from lorahf.backbone import quiet_libraries
     from lorahf.data import collate, encode_prompts
-    from lorahf.families import family_of
+    from lorahf.families import load_plain
     from lorahf.progress import Progress
     from lorahf.runs import RunFolder, load_run
 
@@ -63,10 +62,7 @@ def merge(run_dir: str | Path, adapter: str, out: str | Path, progress=None) -> 
     out = Path(out)
 
     # 1. Unquantized base + adapter, in fp32 so that the comparison is exact
-    tokenizer = AutoTokenizer.from_pretrained(recipe.model.name)
-    give_pad_token(tokenizer)
-    family = family_of(AutoConfig.from_pretrained(recipe.model.name))
-    base = family.auto_class().from_pretrained(recipe.model.name, dtype=torch.float32)
+    base, tokenizer, family = load_plain(recipe.model.name, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
 
     # 2. The adapter's answers

@@ -31,4 +31,21 @@ def family_of(config):
     return None
 
 
-__all__ = ["FAMILIES", "Causal", "Seq2Seq", "family_of"]
+def load_plain(name: str, dtype=None):
+    """(model, tokenizer, family) of a model folder or hub id through plain transformers, without quantization or
+    peft (merge and generate from a merged folder): its family's auto class, and a pad token where it has none."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from lorahf.backbone import give_pad_token
+    from lorahf.errors import LorahfError
+
+    family = family_of(AutoConfig.from_pretrained(name))
+    if family is None:
+        raise LorahfError(f"{name}: not a language model lorahf can load (neither encoder-decoder nor decoder-only)")
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    give_pad_token(tokenizer)
+    options = {"dtype": dtype} if dtype is not None else {}  # else transformers' own default, as a user loads it
+    return family.auto_class().from_pretrained(name, **options), tokenizer, family
+
+
+__all__ = ["FAMILIES", "Causal", "Seq2Seq", "family_of", "load_plain"]
