@@ -142,25 +142,36 @@ def why_stale(model_dir: str | Path, data_dir: str | Path) -> str | None:
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """A BPE tokenizer with a fixed ASCII alphabet (byte-identical run to run, unlike Unigram), digits apart."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = list(string.ascii_letters + string.digits + string.punctuation) + ["▁"]
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend = _trained_bpe(texts, vocab_size, SPECIAL_TOKENS, unk_token="<unk>")
+    # Like Flan-T5's tokenizer: every encoded text ends with </s>.
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                           special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=512)
+
+
+def _trained_bpe(texts: list[str], vocab_size: int, special_tokens: list[str], unk_token: str,
+                 extra_alphabet: tuple[str, ...] = ()):
+    """The tiny bases' BPE, trained on `texts`: NFKC, words marked by "▁" (so decoding gives the text back),
+    every digit a piece of its own, and a fixed ASCII alphabet (plus `extra_alphabet`), which keeps it
+    byte-identical run to run (the Unigram and WordPiece trainers were not)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    alphabet = list(string.ascii_letters + string.digits + string.punctuation) + ["▁", *extra_alphabet]
+    backend = Tokenizer(models.BPE(unk_token=unk_token))
     backend.normalizer = normalizers.NFKC()
     # Each digit is its own piece (as in LLaMA's tokenizer): merged pieces like "3-1" would make the tiny
     # model compose a score from two digits read apart ("3 to 1"), which it learnt far slower than copying.
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
                                                      pre_tokenizers.Digits(individual_digits=True)])
     backend.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=alphabet,
                                   limit_alphabet=len(alphabet), show_progress=False)
     backend.train_from_iterator(texts, trainer)
-    # Like Flan-T5's tokenizer: every encoded text ends with </s>.
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                           special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>", model_max_length=512)
+    return backend
 
 
 def model_config(spec: TinySpec, vocab_size: int | None = None):
@@ -221,19 +232,11 @@ def position_heads(model, strength: float) -> None:
 def train_causal_tokenizer(texts: list[str], vocab_size: int):
     """The T5 tokenizer's BPE (fixed ASCII alphabet, digits apart) with Llama-2's specials: <unk>=0, <s>=1, </s>=2,
     BOS prepended and no EOS appended, no pad token, and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
     # "\n" too, which the T5's alphabet lacks: the chat template puts one after each role marker.
-    alphabet = list(string.ascii_letters + string.digits + string.punctuation) + ["▁", "\n"]
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.normalizer = normalizers.NFKC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
-                                                     pre_tokenizers.Digits(individual_digits=True)])
-    backend.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CAUSAL_SPECIAL_TOKENS,
-                                  initial_alphabet=alphabet, limit_alphabet=len(alphabet), show_progress=False)
-    backend.train_from_iterator(texts, trainer)
+    backend = _trained_bpe(texts, vocab_size, CAUSAL_SPECIAL_TOKENS, unk_token="<unk>", extra_alphabet=("\n",))
     # Like Llama's tokenizer: every encoded text starts with <s>; the caller appends </s> to a response.
     # (transformers 5 drops add_bos_token from the saved config, so a loaded tokenizer's add_bos_token reads
     # False: this post-processor, saved in tokenizer.json, is what prepends BOS.)
