@@ -22,6 +22,13 @@ bundled task best in minutes; 2 layers learned a little less, 256 x 4 (4.2M) and
 no position trick: LoRA trains q_proj and k_proj, and RoPE puts position inside them, so greedy summaries named the
 right winner about as often as the SFT data does (0.9). It does need a wider head init than Llama's (see
 `build_causal_model`).
+
+`make-tiny --family encoder` builds a BERT-shaped encoder (`TinyEncoderSpec`), the base of a reward model loaded
+like `bert-base-cased`: `AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)` keeps the encoder
+and its pooler and adds a fresh classifier. Its tokenizer is the same BPE with BERT's specials ([PAD]=0 [UNK]=1
+[CLS]=2 [SEP]=3 [MASK]=4), "[CLS] A [SEP]" for one text and "[CLS] A [SEP] B [SEP]" for a pair, whose token type
+ids mark B (a prompt and its response). The checkpoint is a masked LM, as a real BERT's is, with the pooler saved
+beside it (see `build_encoder_model`).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ MARKER_FILE = "lorahf_tiny.json"
 BUILD = 2  # raised whenever make_tiny builds another model from the same spec (2: digits, position heads)
 CAUSAL_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2: the Llama-2 layout (no pad token, as Llama)
 CAUSAL_BUILD = 1  # BUILD's counterpart for the tiny Llama
+ENCODER_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0-4: the BERT layout
+ENCODER_BUILD = 1  # BUILD's counterpart for the tiny BERT
 # Zephyr-like: text markers (plain BPE pieces, no special tokens), each turn closed by </s>; BOS first, because
 # apply_chat_template tokenizes without adding special tokens.
 CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}"
@@ -80,13 +89,31 @@ class TinyCausalSpec:
     seed: int = 0
 
 
-def make_tiny(data_dir: str | Path, out_dir: str | Path, spec: TinySpec | TinyCausalSpec = TinySpec()) -> Path:
+@dataclass(frozen=True)
+class TinyEncoderSpec:
+    """Shape of the tiny BERT (bert-base layout: learned absolute positions, two token types, GELU, post-LayerNorm)."""
+
+    vocab_size: int = 512
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 512  # as BERT: the tokenizer's model_max_length
+    type_vocab_size: int = 2  # token type 0: the prompt, 1: the response (a pair's second text)
+    seed: int = 0
+
+
+Spec = TinySpec | TinyCausalSpec | TinyEncoderSpec
+
+
+def make_tiny(data_dir: str | Path, out_dir: str | Path, spec: Spec = TinySpec()) -> Path:
     """Train the tokenizer on `data_dir`'s text and save a random tiny model to `out_dir`, deterministically:
-    a T5 for a `TinySpec`, a Llama-shaped decoder for a `TinyCausalSpec`."""
+    a T5 for a `TinySpec`, a Llama-shaped decoder for a `TinyCausalSpec`, a BERT for a `TinyEncoderSpec`."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if out_dir.exists() and not (out_dir / MARKER_FILE).is_file() and any(out_dir.iterdir()):
         # The new model replaces out_dir whole: never swallow a folder that is not an earlier tiny model.
-        raise LorahfError(f"{out_dir}: exists and is not a tiny T5 or Llama built by lorahf; give a new or empty folder")
+        raise LorahfError(f"{out_dir}: exists and is not a tiny T5, Llama or BERT built by lorahf; "
+                          "give a new or empty folder")
     texts = list(_texts(data_dir))
     if not texts:
         raise LorahfError(f"{data_dir}: no text found in {', '.join(DATA_SUFFIXES)} files to train a tokenizer on")
@@ -94,6 +121,10 @@ def make_tiny(data_dir: str | Path, out_dir: str | Path, spec: TinySpec | TinyCa
         tokenizer = train_causal_tokenizer(texts, spec.vocab_size)
         model = build_causal_model(spec, vocab_size=len(tokenizer))
         marker = {"family": "causal", "build": CAUSAL_BUILD}
+    elif isinstance(spec, TinyEncoderSpec):
+        tokenizer = train_encoder_tokenizer(texts, spec.vocab_size)
+        model = build_encoder_model(spec, vocab_size=len(tokenizer))
+        marker = {"family": "encoder", "build": ENCODER_BUILD}
     else:  # the T5's marker stays as it always was: readers take a missing family for seq2seq
         tokenizer = train_tokenizer(texts, spec.vocab_size)
         model = build_model(spec, vocab_size=len(tokenizer))
@@ -110,7 +141,8 @@ def make_tiny(data_dir: str | Path, out_dir: str | Path, spec: TinySpec | TinyCa
 
 
 def tiny_family(model_dir: str | Path) -> str | None:
-    """"seq2seq" or "causal" for a tiny model built by `make_tiny` (by its marker file); None for any other folder."""
+    """"seq2seq", "causal" or "encoder" for a tiny model built by `make_tiny` (by its marker file); None for any
+    other folder."""
     marker = Path(model_dir) / MARKER_FILE
     if not marker.is_file():
         return None
@@ -132,7 +164,8 @@ def why_stale(model_dir: str | Path, data_dir: str | Path) -> str | None:
     if not marker.is_file():
         return None
     recorded = json.loads(marker.read_text())
-    kind, build = ("tiny Llama", CAUSAL_BUILD) if recorded.get("family") == "causal" else ("tiny T5", BUILD)
+    kind, build = {"causal": ("tiny Llama", CAUSAL_BUILD),
+                   "encoder": ("tiny BERT", ENCODER_BUILD)}.get(recorded.get("family"), ("tiny T5", BUILD))
     if recorded.get("data_fingerprint") not in (None, data_fingerprint(data_dir)):
         return f"this {kind} was built from other data than {data_dir} holds now"
     if recorded.get("build") != build:
@@ -273,6 +306,57 @@ def build_causal_model(spec: TinyCausalSpec, vocab_size: int):
     return model
 
 
+def train_encoder_tokenizer(texts: list[str], vocab_size: int):
+    """The T5 tokenizer's BPE (fixed ASCII alphabet, digits apart, case kept) with BERT's specials: [PAD]=0 [UNK]=1
+    [CLS]=2 [SEP]=3 [MASK]=4; "[CLS] A [SEP]" for one text, "[CLS] A [SEP] B [SEP]" with token type 1 on B's part
+    for a pair. (BERT's own WordPiece trainer gave another vocabulary order on each run, and turns a whole word
+    with a piece it lacks into [UNK].)"""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = _trained_bpe(texts, vocab_size, ENCODER_SPECIAL_TOKENS, unk_token="[UNK]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ENCODER_SPECIAL_TOKENS.index("[CLS]")),
+                        ("[SEP]", ENCODER_SPECIAL_TOKENS.index("[SEP]"))])
+    # token_type_ids among the model inputs (transformers' default leaves them out): BERT reads them.
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+
+
+def encoder_model_config(spec: TinyEncoderSpec, vocab_size: int | None = None):
+    """The BertConfig of the tiny BERT of `spec` with `vocab_size` tokens (None: the spec's target)."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=vocab_size or spec.vocab_size, hidden_size=spec.hidden_size,
+                      intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,
+                      num_attention_heads=spec.num_attention_heads,
+                      max_position_embeddings=spec.max_position_embeddings, type_vocab_size=spec.type_vocab_size,
+                      pad_token_id=ENCODER_SPECIAL_TOKENS.index("[PAD]"))
+
+
+def build_encoder_model(spec: TinyEncoderSpec, vocab_size: int):
+    """A randomly initialised BertForMaskedLM (BERT's init, std 0.02, head tied to the embeddings) that carries
+    BertModel's pooler too, as a real BERT checkpoint does.
+
+    transformers' BertForMaskedLM has no pooler, but BertForSequenceClassification scores the pooler's output.
+    Without one in the checkpoint every load would draw a fresh random pooler: a LoRA reward model keeps only
+    its adapters and classifier, so it would score differently each time it is loaded. The pooler is saved
+    beside the masked LM (bert-base-cased's checkpoint has one too; a masked-LM load ignores it)."""
+    from transformers import BertForMaskedLM
+    from transformers.models.bert.modeling_bert import BertPooler
+
+    config = encoder_model_config(spec, vocab_size)
+    torch.manual_seed(spec.seed)
+    model = BertForMaskedLM(config)
+    model.bert.pooler = BertPooler(config)
+    with torch.no_grad():  # BERT's own init of a linear layer
+        model.bert.pooler.dense.weight.normal_(0.0, config.initializer_range)
+        model.bert.pooler.dense.bias.zero_()
+    return model
+
+
 @contextmanager
 def _no_progress_bars():
     from transformers.utils import logging as hf_logging
@@ -304,11 +388,13 @@ def _data_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in data_dir.rglob("*") if p.suffix in DATA_SUFFIXES)
 
 
-def spec_for(family: str) -> TinySpec | TinyCausalSpec:
-    """The default spec of a family's tiny base ("seq2seq": the T5, "causal": the Llama)."""
-    return TinyCausalSpec() if family == "causal" else TinySpec()
+def spec_for(family: str) -> Spec:
+    """The default spec of a family's tiny base ("seq2seq": the T5, "causal": the Llama, "encoder": the BERT)."""
+    return {"causal": TinyCausalSpec, "encoder": TinyEncoderSpec}.get(family, TinySpec)()
 
 
-def config_of(spec: TinySpec | TinyCausalSpec):
+def config_of(spec: Spec):
     """The transformers config `make_tiny` builds for `spec` (what `lorahf plan` plans from before it is built)."""
-    return causal_model_config(spec) if isinstance(spec, TinyCausalSpec) else model_config(spec)
+    if isinstance(spec, TinyCausalSpec):
+        return causal_model_config(spec)
+    return encoder_model_config(spec) if isinstance(spec, TinyEncoderSpec) else model_config(spec)

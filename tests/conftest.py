@@ -24,6 +24,13 @@ def tiny_causal_dir(tmp_path_factory) -> Path:
     return make_tiny(EXAMPLE_DATA, tmp_path_factory.mktemp("tiny") / "tiny-llama", TinyCausalSpec())
 
 
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    from lorahf.tiny import TinyEncoderSpec, make_tiny
+
+    return make_tiny(EXAMPLE_DATA, tmp_path_factory.mktemp("tiny") / "tiny-bert", TinyEncoderSpec())
+
+
 @pytest.fixture(params=["seq2seq", "causal"])
 def family_model_dir(request) -> Path:
     """The tiny base of each family in turn: a test taking this runs on the T5 and on the Llama."""

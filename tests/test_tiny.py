@@ -1,4 +1,5 @@
-"""The offline tiny T5 loads through plain `from_pretrained`, shaped like Flan-T5, and is built deterministically."""
+"""The offline tiny bases (T5, Llama, BERT) load through plain `from_pretrained`, shaped like the real ones, and are
+built deterministically."""
 
 from __future__ import annotations
 
@@ -274,17 +275,133 @@ def test_marker_names_the_family(tmp_path, tiny_causal_dir, tiny_model_dir):
     assert "older lorahf" in why_stale(tmp_path, EXAMPLE_DATA) and "tiny Llama" in why_stale(tmp_path, EXAMPLE_DATA)
 
 
-def test_make_tiny_cli_builds_the_family_asked_for(tmp_path, monkeypatch, tiny_causal_dir):
+@pytest.mark.parametrize("family, fixture, kind", [("causal", "tiny_causal_dir", "tiny Llama (causal)"),
+                                                    ("encoder", "tiny_encoder_dir", "tiny BERT (encoder)")])
+def test_make_tiny_cli_builds_the_family_asked_for(tmp_path, monkeypatch, request, family, fixture, kind):
     from click.testing import CliRunner
     from rich.console import Console
 
     from lorahf import cli
 
     monkeypatch.setattr(cli, "console", Console(width=200, color_system=None))
-    out = tmp_path / "llama"
+    out = tmp_path / family
     result = CliRunner().invoke(cli.main, ["make-tiny", "--data", str(EXAMPLE_DATA), "--out", str(out),
-                                           "--family", "causal"])
+                                           "--family", family])
     assert result.exit_code == 0, result.output
-    assert "tiny Llama (causal)" in result.stdout and str(out) in result.stdout
+    assert kind in result.stdout and str(out) in result.stdout
     for name in ("config.json", "tokenizer.json", "model.safetensors"):
-        assert (out / name).read_bytes() == (tiny_causal_dir / name).read_bytes(), name
+        assert (out / name).read_bytes() == (request.getfixturevalue(fixture) / name).read_bytes(), name
+
+
+# ------------------------------------------------------------------------------ the tiny BERT (--family encoder)
+# tiny_encoder_dir: conftest.py's session fixture, make_tiny(EXAMPLE_DATA, ..., TinyEncoderSpec()).
+
+
+def test_encoder_building_twice_gives_identical_files(tmp_path, tiny_encoder_dir):
+    from lorahf.tiny import TinyEncoderSpec
+
+    again = make_tiny(EXAMPLE_DATA, tmp_path / "again", TinyEncoderSpec())
+    for name in ("tokenizer.json", "tokenizer_config.json", "model.safetensors", "config.json"):
+        assert (again / name).read_bytes() == (tiny_encoder_dir / name).read_bytes(), name
+    other = make_tiny(EXAMPLE_DATA, tmp_path / "seed1", TinyEncoderSpec(seed=1))
+    assert (other / "tokenizer.json").read_bytes() == (tiny_encoder_dir / "tokenizer.json").read_bytes()
+    assert (other / "model.safetensors").read_bytes() != (tiny_encoder_dir / "model.safetensors").read_bytes()
+
+
+def test_encoder_tokenizer_has_the_bert_layout_and_keeps_case(tiny_encoder_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3, 4]) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id,
+            tokenizer.mask_token_id) == (0, 1, 2, 3, 4)
+    assert tokenizer.model_max_length == 512
+    rows = [json.loads(line) for line in (EXAMPLE_DATA / "sft.jsonl").read_text().splitlines()[:50]]
+    for row in rows:
+        for text in (row["summary"], row["document"]):
+            ids = tokenizer(text).input_ids
+            assert ids[0] == 2 and ids[-1] == 3 and ids.count(2) == ids.count(3) == 1  # [CLS] text [SEP]
+            assert 1 not in ids  # no unknown pieces for the task's own text
+            assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert tokenizer.tokenize("Rangers") != tokenizer.tokenize("rangers")  # cased, as bert-base-cased
+    assert tokenizer.tokenize("Tigers beat Rangers 3-1.")[3:7] == ["▁", "3", "-", "1"]  # digits apart, as the T5's
+
+
+def test_encoder_pairs_mark_the_response_with_token_type_one(tiny_encoder_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    prompts = ["Rangers beat Foxes 3-1 in Dundee on Monday.", "A quiet match."]
+    responses = ["Rangers beat Foxes 3-1.", "Quiet."]
+    batch = tokenizer(prompts, responses, padding=True, truncation=True, return_tensors="pt")
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask"}
+    for row, (prompt, response) in enumerate(zip(prompts, responses)):
+        length = int(batch.attention_mask[row].sum())
+        ids, types = batch.input_ids[row].tolist(), batch.token_type_ids[row].tolist()
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        response_ids = tokenizer(response, add_special_tokens=False).input_ids
+        assert ids[:length] == [2, *prompt_ids, 3, *response_ids, 3]  # [CLS] prompt [SEP] response [SEP]
+        assert types[:length] == [0] * (len(prompt_ids) + 2) + [1] * (len(response_ids) + 1)
+        assert set(ids[length:]) <= {0} and set(types[length:]) <= {0}  # padding: [PAD], type 0, on the right
+
+
+def test_encoder_is_a_bert_masked_lm_checkpoint_with_its_pooler(tiny_encoder_dir):
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from lorahf.tiny import TinyEncoderSpec, config_of, spec_for
+
+    config = AutoConfig.from_pretrained(tiny_encoder_dir)
+    assert config.model_type == "bert" and config.architectures == ["BertForMaskedLM"]
+    spec = TinyEncoderSpec()
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size,
+            config.max_position_embeddings, config.type_vocab_size) == (128, 2, 4, 512, 512, 2) == \
+        (spec.hidden_size, spec.num_hidden_layers, spec.num_attention_heads, spec.intermediate_size,
+         spec.max_position_embeddings, spec.type_vocab_size)
+    tokenizer_vocab = json.loads((tiny_encoder_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    assert config.vocab_size == len(tokenizer_vocab) and config.pad_token_id == 0
+    planned = config_of(spec_for("encoder"))
+    assert (planned.model_type, planned.hidden_size, planned.num_hidden_layers) == ("bert", 128, 2)
+
+    weights = load_file(tiny_encoder_dir / "model.safetensors")
+    assert {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "cls.predictions.bias"} <= set(weights)
+    assert abs(weights["bert.pooler.dense.weight"].std().item() - config.initializer_range) < 0.002  # BERT's init
+    model, info = AutoModelForMaskedLM.from_pretrained(tiny_encoder_dir, output_loading_info=True)
+    assert not info["missing_keys"]  # a masked LM loads whole (the pooler it does not use is left over)
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight  # tied, as BERT
+
+
+def test_encoder_loads_as_a_reward_model_with_only_a_fresh_classifier(tiny_encoder_dir):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model, info = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir, num_labels=1,
+                                                                     output_loading_info=True)
+    assert info["missing_keys"] == {"classifier.weight", "classifier.bias"}  # the pooler comes from the checkpoint
+    saved = load_file(tiny_encoder_dir / "model.safetensors")
+    assert torch.equal(model.bert.pooler.dense.weight, saved["bert.pooler.dense.weight"])
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, saved["bert.embeddings.word_embeddings.weight"])
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    prompts = ["Rangers beat Foxes 3-1 in Dundee.", "A quiet match.", "Rain fell all day in York."]
+    responses = ["Rangers beat Foxes 3-1.", "Quiet.", "Foxes beat Rangers."]
+    batch = tokenizer(prompts, responses, padding=True, truncation=True, return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        scores = model(**batch).logits
+        swapped_types = model(**{**batch, "token_type_ids": 1 - batch.token_type_ids}).logits
+    assert scores.shape == (3, 1) and torch.isfinite(scores).all()
+    assert len(set(scores.flatten().tolist())) == 3  # one score per row, each its own
+    assert not torch.allclose(scores, swapped_types)  # the model reads the token types
+
+
+def test_encoder_marker_names_the_family(tmp_path, tiny_encoder_dir):
+    from lorahf.tiny import ENCODER_BUILD, tiny_family, why_stale
+
+    marker = json.loads((tiny_encoder_dir / MARKER_FILE).read_text())
+    assert marker["family"] == "encoder" and marker["build"] == ENCODER_BUILD and marker["spec"]["seed"] == 0
+    assert tiny_family(tiny_encoder_dir) == "encoder"
+    assert why_stale(tiny_encoder_dir, EXAMPLE_DATA) is None
+    (tmp_path / MARKER_FILE).write_text(json.dumps({**marker, "build": ENCODER_BUILD - 1}))
+    reason = why_stale(tmp_path, EXAMPLE_DATA)
+    assert "older lorahf" in reason and "tiny BERT" in reason
