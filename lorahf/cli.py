@@ -383,26 +383,29 @@ def generate(target: str, prompt_text: str | None, prompt_file: str | None, colu
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="Folder of JSONL/JSON/CSV/Parquet files whose text trains the tokenizer.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to save the model.")
-@click.option("--family", type=click.Choice(["seq2seq", "causal"]), default="seq2seq", show_default=True,
-              help="seq2seq: a Flan-T5-shaped T5; causal: a Llama-shaped decoder (as SmolLM2), with a chat template.")
+@click.option("--family", type=click.Choice(["seq2seq", "causal", "encoder"]), default="seq2seq", show_default=True,
+              help="seq2seq: a Flan-T5-shaped T5; causal: a Llama-shaped decoder (as SmolLM2), with a chat template; "
+                   "encoder: a BERT-shaped masked LM, the base of a reward model (as bert-base-cased).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
 @click.option("--vocab-size", default=512, show_default=True, help="BPE vocabulary size.")
 @friendly
 def make_tiny(data_dir: str, out_dir: str, family: str, seed: int, vocab_size: int) -> None:
     """Build an offline tiny base (tokenizer trained on DATA, random weights), deterministically: a T5 (with
-    position heads) or, with --family causal, a Llama-shaped decoder.
+    position heads), with --family causal a Llama-shaped decoder, or with --family encoder a BERT-shaped encoder.
 
     \b
     Examples:
       lorahf make-tiny --data examples/summaries/data --out models/tiny-t5
       lorahf make-tiny --data examples/summaries/data --out models/tiny-llama --family causal
+      lorahf make-tiny --data examples/summaries/data --out models/tiny-bert --family encoder
     """
-    from lorahf.tiny import TinyCausalSpec, TinySpec, make_tiny as build
+    from dataclasses import replace
 
-    spec = (TinyCausalSpec if family == "causal" else TinySpec)(seed=seed, vocab_size=vocab_size)
-    path = build(data_dir, out_dir, spec)
-    kind = "tiny Llama (causal)" if family == "causal" else "tiny T5 (seq2seq)"
-    console.print(f"{kind} saved to [bold]{path}[/bold]; load it like any model: model.name: {path}")
+    from lorahf.tiny import make_tiny as build, spec_for
+
+    path = build(data_dir, out_dir, replace(spec_for(family), seed=seed, vocab_size=vocab_size))
+    kind = {"seq2seq": "tiny T5", "causal": "tiny Llama", "encoder": "tiny BERT"}[family]
+    console.print(f"{kind} ({family}) saved to [bold]{path}[/bold]; load it like any model: model.name: {path}")
 
 
 def _summary_table(result) -> Table:
