@@ -343,7 +343,7 @@ def _reward(backbone, tokens, pairs: int):
 def _ppo(backbone, tokens, args):
     import torch
 
-    from lorahf.ppo.rollout import ModelScorer
+    from lorahf.reward_model import SharedReward
     from lorahf.ppo.update import make_optimizer
     from lorahf.recipe import DataSpec, PPOStage
     from lorahf.stages.ppo import iterate
@@ -353,7 +353,7 @@ def _ppo(backbone, tokens, args):
     spec = PPOStage(data=DataSpec(files=["unused.jsonl"]), batch_size=args.ppo_batch,
                     minibatch_size=args.ppo_minibatch)
     optimizer = make_optimizer(backbone, spec)
-    scorer = ModelScorer()
+    scorer = SharedReward(backbone, None)  # the reward adapter (its __call__ needs no recipe)
 
     def step(i: int) -> None:
         prompts = tokens(args.ppo_batch, PROMPT_TOKENS)

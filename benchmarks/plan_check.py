@@ -133,6 +133,7 @@ def _cpu_model(model: str, prompt: int, response: int, batch: int, checkpointing
     from lorahf.backbone import Backbone
     from lorahf.data import collate
     from lorahf.ppo.update import policy_and_values
+    from lorahf.reward_model import SharedReward
     from lorahf.stages.reward import Groups, group_loss, score_responses
     from lorahf.stages.sft import response_loss
 
@@ -159,9 +160,10 @@ def _cpu_model(model: str, prompt: int, response: int, batch: int, checkpointing
         backbone.use("reward").set_trainable("reward")
         parameters = backbone.parameters("reward") + backbone.head("reward").trainable_parameters()
         pairs = batch // 2
-        groups = Groups([[5] * (prompt - 1) + [1]] * pairs, [[[6] * (response - 1) + [1]] * 2] * pairs,
-                        [[(0, 1)]] * pairs)
-        real = plan._peak(lambda: plan._train_step(group_loss(score_responses(backbone, groups, list(range(pairs))),
+        item = ([5] * (prompt - 1) + [1], [6] * (response - 1) + [1])
+        groups = Groups([[item] * 2] * pairs, [[(0, 1)]] * pairs)
+        scorer = SharedReward(backbone, recipe)
+        real = plan._peak(lambda: plan._train_step(group_loss(score_responses(scorer, groups, list(range(pairs))),
                                                               groups.pairs, recipe.reward.margin), parameters))
         rows.append((label, "reward step", shape.trace_reward(recipe, batch), real))
 

@@ -45,7 +45,7 @@ def main() -> None:
 
     from lorahf.backbone import Backbone
     from lorahf.data import encode_prompts
-    from lorahf.ppo.rollout import ModelScorer
+    from lorahf.reward_model import SharedReward
     from lorahf.ppo.update import make_optimizer
     from lorahf.recipe import DataSpec, LoraSpec, PPOStage
     from lorahf.stages.ppo import iterate
@@ -66,7 +66,7 @@ def main() -> None:
     spec = PPOStage(data=DataSpec(files=[args.data]), batch_size=BATCH, epochs=4, minibatch_size=4,
                     temperature=1.0, top_k=0, train_encoder=args.train_encoder)
     optimizer = make_optimizer(backbone, spec)
-    scorer = ModelScorer()
+    scorer = SharedReward(backbone, None)  # the reward adapter (its __call__ needs no recipe)
 
     timed: list[dict] = []
     for i in range(args.warmup + args.iterations):

@@ -296,13 +296,7 @@ class Backbone:
 
         self._require(role)
         folder = Path(folder)
-        if not distributed.is_main():  # data parallelism: the first process writes, the others wait for it
-            distributed.barrier()
-            return folder
-        try:
-            self.write_adapter(role, folder)
-        finally:
-            distributed.barrier()
+        distributed.first_writes(lambda: self.write_adapter(role, folder))  # data parallelism: the others wait
         return folder
 
     def write_adapter(self, role: str, folder: Path) -> None:

@@ -317,7 +317,8 @@ def plan(recipe: str, gpu_memory: str | None, overrides: tuple[str, ...]) -> Non
 
 @main.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
-@click.option("--adapter", default="policy", show_default=True, help="The adapter to merge: sft, policy, policy-last, ...")
+@click.option("--adapter", default="policy", show_default=True,
+              help="The adapter to merge: sft, policy, policy-last, ...; reward for a reward model on its own encoder.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the merged model.")
 @friendly
 def merge(run_dir: str, adapter: str, out: str) -> None:
@@ -332,7 +333,7 @@ def merge(run_dir: str, adapter: str, out: str) -> None:
 
     result = merge_run(run_dir, adapter, out, progress=RichProgress(errors))
     console.print(f"[green]✓[/green] merged '{result.adapter}' into [bold]{result.out}[/bold]: "
-                  f"{result.identical} of {result.prompts} held-out greedy answers identical to the adapter's, "
+                  f"{result.identical} of {result.prompts} {result.checked}, "
                   f"max logit difference {result.max_logit_difference:.1e} (tolerance {LOGIT_TOLERANCE:g})")
 
 
@@ -423,9 +424,12 @@ def _summary_table(result) -> Table:
     memory = result.memory
     if memory and len(memory["adapter_bytes"]) > 1:
         roles = ", ".join(f"{r} {describe_bytes(b)}" for r, b in memory["adapter_bytes"].items())
-        table.add_row("memory", "-", f"one base + {len(memory['adapter_bytes'])} adapters",
+        encoder = memory.get("reward_model")
+        table.add_row("memory", "-", f"one base + {len(memory['adapter_bytes'])} adapters"
+                      + (" + a reward encoder" if encoder else ""),
                       f"base {describe_bytes(memory['base_bytes'])}, {roles}: {memory['ratio']:.2f}x the "
-                      "memory of separate models")
+                      "memory of separate models"
+                      + (f"; reward model {encoder} {describe_bytes(memory['reward_model_bytes'])}" if encoder else ""))
     return table
 
 

@@ -53,6 +53,17 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def first_writes(write) -> None:
+    """`write()` in the first process only; every process returns once it has written."""
+    if not is_main():
+        barrier()
+        return
+    try:
+        write()
+    finally:
+        barrier()
+
+
 def share(indices: list[int]) -> list[int]:
     """This process's rows of a global batch (every process sees the same global batch)."""
     return indices[rank()::world()] if _started() else indices

@@ -5,7 +5,7 @@ Every judge answers `compare(prompts, responses_a, responses_b)` with one `Judge
 skipped item, a failed or malformed reply). Judges that score a single response also answer
 `score(prompts, responses)`; PPO can train on those.
 
-    reward  the trained reward adapter (built in: every run with a reward stage has it)
+    reward  the run's trained reward model (built in: every run with a reward stage has it)
     python  a user's function: f(prompt, response) -> float, or f(prompt, a, b) -> "a" | "b" | "tie"
     llm     an OpenAI-compatible chat endpoint, asked both ways round (or in a random, recorded order)
     human   a person at the terminal, shown the two responses blinded and in random order
@@ -152,22 +152,15 @@ def load_function(target: str) -> Callable:
 
 # ------------------------------------------------------------------------------------------- reward
 class RewardJudge(ScoringJudge):
-    """The trained reward adapter's scores (the role must be loaded on the backbone)."""
+    """The run's trained reward model's scores (either form: lorahf.reward_model)."""
 
     name = REWARD
-    BATCH = 64
 
-    def __init__(self, backbone, recipe, role: str = REWARD):
-        self.backbone, self.recipe, self.role = backbone, recipe, role
+    def __init__(self, reward):
+        self.reward = reward
 
     def score(self, prompts, responses):
-        from lorahf.data import encode_pairs
-        from lorahf.scoring import score_batches
-
-        recipe, backbone = self.recipe, self.backbone
-        prompt_ids, response_ids, _ = encode_pairs(backbone.tokenizer, prompts, responses, recipe.max_prompt_tokens,
-                                                   recipe.max_response_tokens, recipe.prompt_format)
-        return score_batches(backbone, self.role, prompt_ids, response_ids, self.BATCH).cpu().tolist()
+        return self.reward.score(prompts, responses)
 
 
 # ---------------------------------------------------------------------------------------------- llm
@@ -375,13 +368,13 @@ def _keys(prompt: str, first: str, second: str, first_by: str | None, second_by:
 
 
 # -------------------------------------------------------------------------------------- the recipe's
-def build_judges(recipe, backbone=None, names: list[str] | None = None, interactive: bool = False) -> dict[str, Judge]:
-    """The recipe's judges by name, plus `reward` when a backbone with a reward adapter is given.
+def build_judges(recipe, reward=None, names: list[str] | None = None, interactive: bool = False) -> dict[str, Judge]:
+    """The recipe's judges by name, plus `reward` when the run's reward model is given (lorahf.reward_model.of_run).
 
     `names` picks some (in that order); a person (human judge) is included only when `interactive`."""
     available: dict[str, Callable[[], Judge]] = {}
-    if backbone is not None and backbone.has_adapter(REWARD):
-        available[REWARD] = lambda: RewardJudge(backbone, recipe)
+    if reward is not None:
+        available[REWARD] = lambda: RewardJudge(reward)
     for name, spec in recipe.judges.items():
         if spec.python:
             available[name] = lambda name=name, spec=spec: python_judge(name, spec.python)

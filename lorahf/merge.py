@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lorahf import roles
+from lorahf import reward_model, roles
 from lorahf.errors import LorahfError
 from lorahf.runs import atomic_path
 from lorahf.stages import registry
@@ -35,8 +35,9 @@ class MergeResult:
     out: Path
     adapter: str
     prompts: int  # held-out prompts checked
-    identical: int  # of them, answered token for token the same
+    identical: int  # of them, answered token for token the same (a reward model: scored within LOGIT_TOLERANCE)
     max_logit_difference: float
+    checked: str = "held-out greedy answers identical to the adapter's"
 
 
 def merge(run_dir: str | Path, adapter: str, out: str | Path, progress=None) -> MergeResult:
@@ -53,9 +54,12 @@ def merge(run_dir: str | Path, adapter: str, out: str | Path, progress=None) -> 
     recipe = load_run(run_dir)
     folder = RunFolder(recipe.run_dir)
     adapter_dir = folder.adapter_dir(adapter)
+    if adapter == roles.REWARD and (adapter_dir / reward_model.MARKER).is_file():
+        return merge_reward(recipe, folder, Path(out), progress)
     if adapter in roles.SCORING:
         raise LorahfError(f"'{adapter}' scores answers and does not write them; "
-                          f"merge {roles.SFT}, {roles.POLICY} or {roles.POLICY_LAST}")
+                          f"merge {roles.SFT}, {roles.POLICY} or {roles.POLICY_LAST} (or a reward model on its own "
+                          "encoder, reward.model)")
     if not (adapter_dir / "adapter_config.json").is_file():
         found = sorted(p.name for p in (folder.root / "adapters").glob("*") if p.name not in roles.SCORING)
         raise LorahfError(f"{folder.root}: has no '{adapter}' adapter (adapters there: {', '.join(found) or 'none'})")
@@ -97,6 +101,77 @@ def merge(run_dir: str | Path, adapter: str, out: str | Path, progress=None) -> 
                                   f"greedy answers identical, max logit difference {difference:.2e} "
                                   f"(tolerance {LOGIT_TOLERANCE:g}); nothing was written to {out}")
     return MergeResult(out, adapter, len(prompts), identical, difference)
+
+
+def merge_reward(recipe, folder, out: Path, progress) -> MergeResult:
+    """A reward model on its own encoder, made deployable: its LoRA merged (full weights as they are) and the
+    centring offset folded into the classifier's bias, saved as a plain one-label AutoModelForSequenceClassification
+    whose logit is the run's score; reloaded and checked on held-out preference texts, or nothing is written."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lorahf.progress import Progress
+
+    progress = progress or Progress()
+    reward = reward_model.EncoderReward.from_folder(folder.adapter_dir(roles.REWARD), recipe, torch.device("cpu"),
+                                                    quantization="none")
+    prompts, responses = check_pairs(recipe)
+    with progress.task("merge reward", total=2) as bar:
+        items = reward.tokenize(prompts, responses)
+        expected = reward.score_items(items, len(items))
+        model = reward.model.merge_and_unload() if reward.tuning == "lora" else reward.model
+        output = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1][-1]
+        with torch.no_grad():
+            output.bias -= reward.offset
+        with atomic_path(out) as temp:
+            model.save_pretrained(temp)
+            reward.tokenizer.save_pretrained(temp)
+            (temp / "README.md").write_text(reward_card(recipe, folder, reward, len(items)), encoding="utf-8")
+            bar.advance(step="saved")
+            reloaded = AutoModelForSequenceClassification.from_pretrained(temp, dtype=torch.float32).eval()
+            with torch.no_grad():
+                scores = reloaded(**reward.tokenizer.pad(items, return_tensors="pt")).logits[:, 0]
+            difference = (scores - expected).abs()
+            identical = int((difference <= LOGIT_TOLERANCE).sum())
+            bar.advance(step="checked")
+            if identical != len(items):
+                raise LorahfError(f"merge of the reward model does not score like the run's: {identical} of {len(items)} "
+                                  f"scores within {LOGIT_TOLERANCE:g} (max difference {difference.max():.2e}); nothing "
+                                  f"was written to {out}")
+    return MergeResult(out, roles.REWARD, len(items), identical, difference.max().item(),
+                       checked=f"held-out scores equal to the run's (offset {reward.offset:+.4f} folded in)")
+
+
+def check_pairs(recipe) -> tuple[list[str], list[str]]:
+    """(prompt, response) texts of the reward stage's first CHECK_PROMPTS held-out preferences, every response."""
+    from lorahf.data import preference_format
+    from lorahf.stages.reward import group_rows
+    from lorahf.training import load_stage_data
+
+    _, rows = load_stage_data(recipe.reward.data, "preference", recipe.seed)
+    rows = rows.select(range(min(CHECK_PROMPTS, len(rows))))
+    groups, _, _ = group_rows(rows, preference_format(rows), (0.0, 1.0))
+    pairs = [(prompt, response) for prompt, group in zip(rows["prompt"], groups) for response in group]
+    return [p for p, _ in pairs], [r for _, r in pairs]
+
+
+def reward_card(recipe, folder, reward, checked: int) -> str:
+    """README.md of a merged reward model: how to score with it, where it came from."""
+    marker = folder.marker("reward")
+    accuracy = f"{marker.metrics['eval_accuracy']:.3f}" if marker is not None else "not recorded"
+    return "\n".join([
+        f"# {recipe.name}: the reward model (`{reward.name}`, {reward.model.config.model_type})", "",
+        "A plain `transformers` one-label sequence classifier made by lorahf: it reads (prompt, response) as a text "
+        "pair and its logit is the run's reward, centred so that the SFT data's own responses score 0 on average "
+        f"(offset {reward.offset:+.4f} folded into the classifier's bias). It loads without lorahf or peft:", "",
+        "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "model = AutoModelForSequenceClassification.from_pretrained(PATH)",
+        "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+        "score = model(**tokenizer(PROMPT, RESPONSE, truncation=True, return_tensors='pt')).logits[0, 0]", "```", "",
+        f"lorahf checked it before writing this folder: on {checked} held-out responses its scores equal the run's "
+        f"within {LOGIT_TOLERANCE:g}.", "",
+        "| what | value |", "|---|---|", f"| encoder | `{reward.name}` ({reward.tuning}) |",
+        f"| held-out accuracy | {accuracy} |", f"| recipe hash | `{recipe.hash}` |",
+        *[f"| reward data | `{file}` (sha256 {_file_hash(Path(file))}) |" for file in recipe.reward.data.files]]) + "\n"
 
 
 def check_prompts(recipe) -> list[str]:

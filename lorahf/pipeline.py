@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lorahf import distributed, roles
+from lorahf import distributed, reward_model, roles
 from lorahf import recipe as recipes
 from lorahf.backbone import Backbone
 from lorahf.errors import LorahfError
@@ -106,6 +106,8 @@ def _run_stages(recipe, folder: RunFolder, selected: list[str], explicit: bool, 
             result.ran.append(name)
             result.metrics[name] = metrics
         result.memory = backbone.memory_report().as_dict()
+        if (encoder := reward_model.beside(backbone)) is not None:
+            result.memory.update(reward_model=encoder.name, reward_model_bytes=encoder.memory_bytes())
     finally:
         backbone.close()
     return result
@@ -187,6 +189,12 @@ def preflight(recipe: recipes.Recipe, folder: RunFolder, selected: list[str], ex
 
     if not recipe.model.make_tiny_from or Path(recipe.model.name).exists():
         check_base(recipe.model.name, recipe.model.quantization, recipe.model.device)
+    reward = recipe.reward
+    if "reward" in selected and reward is not None and reward.model is not None and (
+            not reward.make_tiny_from or Path(reward.model).exists()):
+        from lorahf.reward_model import check_model
+
+        check_model(reward.model, trained=not reward.train)
     if "tensorboard" in recipe.report_to and importlib.util.find_spec("tensorboardX") is None:
         raise LorahfError("report_to: tensorboard needs the tensorboardX package, which is not installed",
                           hint="pip install 'lorahf[tensorboard]', or remove tensorboard from report_to")
@@ -212,23 +220,32 @@ def preflight(recipe: recipes.Recipe, folder: RunFolder, selected: list[str], ex
 
 
 def ensure_base(recipe: recipes.Recipe, progress: Progress) -> None:
-    """Offline quickstart: build the tiny base (T5 or Llama-shaped) where the recipe expects it, if it is not there yet."""
+    """Offline quickstart: build the tiny base (T5 or Llama-shaped), and a tiny BERT-shaped reward encoder, where
+    the recipe expects them, if they are not there yet."""
+    ensure_tiny(recipe.model.name, recipe.model.make_tiny_from, recipe.model.make_tiny_family, "model", progress)
+    if recipe.reward is not None and recipe.reward.model is not None:
+        ensure_tiny(recipe.reward.model, recipe.reward.make_tiny_from, "encoder", "reward", progress)
+
+
+TINY_NAMES = {"seq2seq": "T5", "causal": "Llama", "encoder": "BERT-shaped encoder"}
+
+
+def ensure_tiny(name: str, source: str | None, family: str, section: str, progress: Progress) -> None:
+    """Build the tiny `family` model at `name` from the data folder `source` unless it is there (and up to date)."""
     from lorahf.tiny import make_tiny, spec_for, tiny_family, why_stale
 
-    source, family = recipe.model.make_tiny_from, recipe.model.make_tiny_family
     if source is None:
         return
-    if Path(recipe.model.name).exists():
-        built = tiny_family(recipe.model.name)
-        reason = (f"this tiny base is {built}, the recipe's make_tiny_family is {family}"
-                  if built not in (None, family) else why_stale(recipe.model.name, source))
+    if Path(name).exists():
+        built = tiny_family(name)
+        reason = (f"this tiny model is {built}, the recipe wants a {family} one" if built not in (None, family)
+                  else why_stale(name, source))
         if reason:
-            raise LorahfError(f"{recipe.model.name}: {reason}",
-                              hint=f"delete {recipe.model.name} (and the runs made with it) to rebuild it")
+            raise LorahfError(f"{name}: {reason}", hint=f"delete {name} (and the runs made with it) to rebuild it "
+                                                       f"(or fix {section}.make_tiny_from)")
         return
-    progress.note(f"building the offline tiny {'T5' if family == 'seq2seq' else 'Llama'} in {recipe.model.name} "
-                  f"from {source}")
-    make_tiny(source, recipe.model.name, spec_for(family))
+    progress.note(f"building the offline tiny {TINY_NAMES[family]} in {name} from {source}")
+    make_tiny(source, name, spec_for(family))
 
 
 def check_shares(recipe: recipes.Recipe, selected: list[str], processes: int) -> None:
@@ -291,7 +308,7 @@ def judge(run_dir: str | Path, judge_name: str, a: str, b: str, n: int, out: str
     from lorahf.compare import compare_adapters, held_out_prompts
     from lorahf.judge import REWARD as REWARD_JUDGE
     from lorahf.judge import PreferenceFile, build_judges
-    from lorahf.stages.evaluate import sampling, scorer
+    from lorahf.stages.evaluate import sampling
     from lorahf.training import ensure_adapter
 
     progress = progress or Progress()
@@ -303,12 +320,15 @@ def judge(run_dir: str | Path, judge_name: str, a: str, b: str, n: int, out: str
     out = PreferenceFile(out)
     backbone = Backbone.load(recipe.model.name, recipe.model.quantization, recipe.model.device)
     try:
-        for role in dict.fromkeys((a, b, roles.REWARD if judge_name == REWARD_JUDGE else a)):
+        for role in dict.fromkeys((a, b)):
             ensure_adapter(backbone, folder, role, needed_by="judge")
-        chosen = build_judges(recipe, backbone, names=[judge_name], interactive=True)[judge_name]
+        reward = reward_model.of_run(recipe, backbone, folder)
+        if reward is None and judge_name == REWARD_JUDGE:
+            ensure_adapter(backbone, folder, roles.REWARD, needed_by="judge")  # says which stage writes it
+        chosen = build_judges(recipe, reward, names=[judge_name], interactive=True)[judge_name]
         prompts = held_out_prompts(recipe, n, backbone.tokenizer)
         with progress.task(f"answers by {a} and {b}", total=2) as bar:  # judged below: a person may be the judge
-            found = compare_adapters(backbone, prompts, [a, b], {}, sampling(recipe), scorer(backbone),
+            found = compare_adapters(backbone, prompts, [a, b], {}, sampling(recipe), reward,
                                      on_answered=lambda role: bar.advance())
         texts = {role: found.answers[role]["texts"] for role in (a, b)}
         items = [{"prompt": p, "a": x, "b": y, "a_by": a, "b_by": b}

@@ -345,13 +345,15 @@ class Shape:
     def trace_reward(self, recipe, sequences: int) -> int:
         """One reward step on `sequences` responses, two to a prompt (pairwise preferences): the stage's own
         scoring and loss (`reward.score_responses`, `reward.group_loss`), the batch collated inside as there."""
+        from lorahf.reward_model import SharedReward
         from lorahf.stages.reward import Groups, group_loss, score_responses
 
         prompts = sequences // 2
-        groups = Groups([[0] * recipe.max_prompt_tokens] * prompts,
-                        [[[0] * recipe.max_response_tokens] * 2] * prompts, [[(0, 1)]] * prompts)
+        item = ([0] * recipe.max_prompt_tokens, [0] * recipe.max_response_tokens)
+        groups = Groups([[item] * 2] * prompts, [[(0, 1)]] * prompts)
         return self.trace_step(recipe, REWARD, lambda backbone: group_loss(
-            score_responses(backbone, groups, list(range(prompts))), groups.pairs, recipe.reward.margin), head=True)
+            score_responses(SharedReward(backbone, recipe), groups, list(range(prompts))), groups.pairs,
+            recipe.reward.margin), head=True)
 
     def trace_ppo_update(self, recipe, rows: int, batch_size: int) -> int:
         """One micro-batch of the PPO update (policy and value rows in one pass, an encoder-decoder's encoder outputs

@@ -146,6 +146,22 @@ class RewardStage(TrainingSpec):
     """Start the reward adapter as a copy of sft (the standard choice: it already reads the task) or fresh."""
     min_accuracy: float = Field(0.6, ge=0, le=1)
     """Quality gate: PPO refuses to start when held-out accuracy is below this (unless ppo.allow_weak_reward)."""
+    model: str | None = None
+    """A reward model on its own encoder instead of the adapter on the shared base: a hub id or folder of an encoder
+    (BERT, RoBERTa, DeBERTa...) or of a trained one-label classifier, which reads (prompt, response) as a text pair with
+    its own tokenizer. Costs its own weights in memory; scores fast and does not share the policy's blind spots.
+    Trained with lora.reward's settings; PPO's value model then starts from sft (see ppo.value_init)."""
+    make_tiny_from: str | None = None
+    """Offline quickstart only: when `model` is a folder that does not exist yet, build a tiny BERT-shaped encoder
+    there from this data folder first."""
+    train: bool = True
+    """False: `model` is a trained reward model already; it is only evaluated on the held-out preferences, centred,
+    gated and used."""
+    full_finetune: bool = False
+    """Train every weight of `model` rather than a LoRA adapter on it (small encoders; needs quantization none or auto)."""
+    quantization: Literal["auto", "8bit", "4bit", "none"] = "auto"
+    """How `model` is held: auto leaves an encoder under 1B parameters unquantized (fp32 on a CPU, bf16 on a GPU: int8
+    saves little there) and gives a larger one model.quantization."""
 
 
 class PPOStage(Section):
@@ -158,6 +174,10 @@ class PPOStage(Section):
     reward_judge: str | None = None
     """Score rollouts with this judge (a name from `judges`) instead of the reward model: for rewards you can
     compute, such as tests passed or a known answer. The value model then starts from sft with a fresh head."""
+    value_init: Literal["auto", "reward", "sft"] = "auto"
+    """Where the value model starts: a copy of the reward adapter and its head (reward: it already scores answers), or
+    a copy of sft with a fresh head (sft); auto takes reward when the reward model is the adapter on the shared base,
+    sft when it is a separate encoder (reward.model) or a judge (reward_judge)."""
     iterations: int = Field(100, ge=1)
     """PPO iterations: each samples `batch_size` prompts, generates, scores and updates."""
     batch_size: int = Field(16, ge=1)
@@ -578,6 +598,7 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
         for name in {a for a in written if written.count(a) > 1}:
             found.append(("dpo.adapter", f"ppo writes adapters/{name} too: set dpo.adapter to another name (e.g. "
                                          "dpo) to run both and compare them"))
+    found += _reward_model_checks(recipe)
     ppo = recipe.ppo
     if ppo is not None:
         if ppo.batch_size % ppo.minibatch_size:
@@ -592,6 +613,32 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
         criteria = ["reward", "rouge_l", *recipe.judges]
         if ppo.best_by not in criteria:
             found.append(("ppo.best_by", f"must be one of {', '.join(criteria)}, got {ppo.best_by!r}"))
+    return found
+
+
+def _reward_model_checks(recipe: Recipe) -> list[tuple[str, str]]:
+    """The separate reward model's fields, and what needs the shared adapter instead."""
+    reward, found = recipe.reward, []
+    if reward is None:
+        return found
+    if reward.model is None:
+        given = {"make_tiny_from": reward.make_tiny_from is not None, "full_finetune": reward.full_finetune,
+                 "quantization": reward.quantization != "auto"}
+        for name in (name for name, set_here in given.items() if set_here):
+            found.append((f"reward.{name}", "applies to a separate reward model: set reward.model too"))
+        if not reward.train:
+            found.append(("reward.train", "false uses a trained reward model as it is: name it in reward.model"))
+        return found
+    if reward.likelihood_term:
+        found.append(("reward.likelihood_term", "reads the shared base's LM head; a separate reward.model has none"))
+    if reward.full_finetune and reward.quantization in ("8bit", "4bit"):
+        found.append(("reward.full_finetune", f"cannot train {reward.quantization} weights: set reward.quantization "
+                                              "none or auto"))
+    if reward.full_finetune and not reward.train:
+        found.append(("reward.full_finetune", "trains the model, but reward.train is false"))
+    if recipe.ppo is not None and recipe.ppo.value_init == "reward" and recipe.ppo.reward_judge is None:
+        found.append(("ppo.value_init", "reward copies the reward adapter, and reward.model is a separate encoder: "
+                                        "use sft or auto"))
     return found
 
 

@@ -1,6 +1,8 @@
 """One PPO rollout on the shared Backbone: generate with `policy`, then read every frozen quantity.
 
-    rollout = collect(backbone, prompt_ids, prompts, ModelScorer(), temperature, top_k, max_new_tokens)
+    rollout = collect(backbone, prompt_ids, prompts, scorer, temperature, top_k, max_new_tokens)
+
+`scorer(backbone, prompts, batch)` -> [B] scores: the run's reward model (lorahf.reward_model) or a JudgeScorer.
 
 Generation runs in eval mode (no dropout) with the KV cache. The frozen readings (the reward's score,
 the reference's and the rollout policy's log-probs, the value's estimates) never change during the
@@ -18,7 +20,6 @@ import torch
 from lorahf import distributed, roles
 from lorahf.data import Seq2SeqBatch, collate
 from lorahf.logprobs import token_logprobs, token_logprobs_and_entropy
-from lorahf.scoring import scores_of
 
 POLICY, REWARD, VALUE = roles.POLICY, roles.REWARD, roles.VALUE
 REFERENCE = roles.SFT  # the frozen reference PPO's KL is measured against
@@ -40,13 +41,6 @@ class Rollout:
 
     def __len__(self) -> int:
         return self.batch.response_lengths.shape[0]
-
-
-class ModelScorer:
-    """Scores from the `reward` adapter and its head (offset applied)."""
-
-    def __call__(self, backbone, prompts: list[str], batch: Seq2SeqBatch) -> torch.Tensor:
-        return scores_of(backbone, REWARD, batch)
 
 
 class JudgeScorer:

@@ -24,15 +24,15 @@ import torch.nn.functional as F
 
 from lorahf import distributed
 from lorahf.compare import Prompts, Sampling, policy_against_sft
-from lorahf.data import collate, encode_prompts, preference_format
+from lorahf.data import collate, encode_prompts, encode_responses, preference_format
 from lorahf.errors import LorahfError
 from lorahf.judge import scoring_judges
 from lorahf.logprobs import token_logprobs
-from lorahf.ppo.rollout import ModelScorer
 from lorahf.report import Check, judged_comparisons, scalar_table, series
-from lorahf.roles import POLICY, REWARD, SFT
+from lorahf.reward_model import of_run
+from lorahf.roles import POLICY, SFT
 from lorahf.stages import registry
-from lorahf.stages.reward import to_groups
+from lorahf.stages.reward import group_rows
 from lorahf.training import (
     LOG_EVERY,
     describe_training,
@@ -169,9 +169,13 @@ def _smoothed(logits: torch.Tensor, label_smoothing: float) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ data
 def to_pairs(rows, tokenizer, recipe) -> Pairs:
     """Pairwise rows as they are; a ranking as every ordered pair of its answers (better, worse)."""
-    groups = to_groups(rows, preference_format(rows), tokenizer, recipe, None)
+    responses, pairs_of, _ = group_rows(rows, preference_format(rows), None)
+    prompt_ids, _ = encode_prompts(tokenizer, rows["prompt"], recipe.max_prompt_tokens, recipe.prompt_format)
+    flat, _ = encode_responses(tokenizer, [r for group in responses for r in group], recipe.max_response_tokens)
+    flat = iter(flat)
+    answers_of = [[next(flat) for _ in group] for group in responses]
     prompts, chosen, rejected, texts = [], [], [], []
-    for prompt, text, answers, pairs in zip(groups.prompts, rows["prompt"], groups.responses, groups.pairs):
+    for prompt, text, answers, pairs in zip(prompt_ids, rows["prompt"], answers_of, pairs_of):
         for better, worse in pairs:
             prompts.append(prompt)
             chosen.append(answers[better])
@@ -249,10 +253,7 @@ def compare_with_sft(backbone, recipe, folder, held_out: Pairs, role: str, progr
     has a reward model), KL and length, and each scoring judge's win rate of the policy over sft."""
     texts = list(dict.fromkeys(held_out.prompt_texts))[:FINAL_EVAL_PROMPTS]
     ids, _ = encode_prompts(backbone.tokenizer, texts, recipe.max_prompt_tokens, recipe.prompt_format)
-    scorer = None
-    if folder.adapter_dir(REWARD).is_dir():
-        ensure_adapter(backbone, folder, REWARD, needed_by="dpo")
-        scorer = ModelScorer()
+    scorer = of_run(recipe, backbone, folder)  # the run's reward model, if it has one
     sampling = Sampling(recipe.max_response_tokens, temperature=FINAL_TEMPERATURE)
     return policy_against_sft(backbone, Prompts(ids, texts), role, scoring_judges(recipe), sampling, scorer, "dpo",
                               progress)[1]

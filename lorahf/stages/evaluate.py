@@ -17,9 +17,9 @@ from lorahf import distributed
 from lorahf.compare import Comparison, Sampling, compare_adapters, describe_win, held_out_prompts
 from lorahf.judge import REWARD, PreferenceFile, build_judges
 from lorahf.metrics import bleu, meteor, rouge
-from lorahf.ppo.rollout import ModelScorer
 from lorahf.recipe import EvaluateStage
 from lorahf.report import Check, fmt, significant
+from lorahf.reward_model import of_run
 from lorahf.roles import SFT
 from lorahf.stages import registry
 from lorahf.training import ensure_adapter, mean
@@ -37,9 +37,8 @@ def run(recipe, backbone, folder, progress) -> dict:
     # parallelism, each process answers its share of the prompts, and the first process judges)
     for role in adapters:
         ensure_adapter(backbone, folder, role, needed_by="evaluate")
-    if not backbone.has_adapter(REWARD) and folder.adapter_dir(REWARD).is_dir():
-        backbone.load_adapter(REWARD, folder.adapter_dir(REWARD))
-    judges = build_judges(recipe, backbone, names=spec.judges) if distributed.is_main() else {}
+    reward = of_run(recipe, backbone, folder)  # the run's reward model, if it has one
+    judges = build_judges(recipe, reward, names=spec.judges) if distributed.is_main() else {}
     metrics: dict = {"eval_prompts": len(prompts.texts), "adapters": adapters, "baseline": adapters[0],
                      "greedy": spec.greedy, "temperature": spec.temperature}
     with progress.task("evaluate", total=len(adapters) + len(judges) * (len(adapters) - 1)) as bar:
@@ -49,7 +48,7 @@ def run(recipe, backbone, folder, progress) -> dict:
             progress.note(f"evaluate: {describe_win(judge, wins)} ({role} against {adapters[0]})")
             bar.advance(judge=judge)
 
-        found = compare_adapters(backbone, prompts, adapters, judges, sampling(recipe), scorer(backbone),
+        found = compare_adapters(backbone, prompts, adapters, judges, sampling(recipe), reward,
                                  on_answered=lambda role: bar.advance(adapter=role), on_judged=judged)
     for role in adapters:
         metrics.update(text_metrics(role, found.answers[role], prompts.references))
@@ -87,11 +86,6 @@ def sampling(recipe) -> Sampling:
     spec = recipe.evaluate or EvaluateStage()
     return Sampling(recipe.max_response_tokens, greedy=spec.greedy, temperature=spec.temperature,
                     batch_size=spec.batch_size)
-
-
-def scorer(backbone):
-    """The reward model scores every answer where the run has one."""
-    return ModelScorer() if backbone.has_adapter(REWARD) else None
 
 
 def text_metrics(role: str, answered: dict, references: list[str] | None) -> dict:

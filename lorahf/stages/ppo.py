@@ -5,7 +5,8 @@ written as the numbered steps of Stiennon et al. (2020); the formulas live in lo
 
     0. refuse to start on a reward model that failed its quality gate (unless ppo.allow_weak_reward)
     1. prompts for rollouts; held-out prompts (with references where given) for the checks
-    2. adapters: policy <- sft, value <- reward (adapter and head); or all of it from the last checkpoint
+    2. adapters: policy <- sft, value <- reward (adapter and head; or sft and a fresh head, see value_init); or all of
+       it from the last checkpoint
     3. per iteration:
        a. sample prompts, generate with policy; score with reward; log-probs under sft and policy,
           values under value (ppo/rollout.py)
@@ -35,9 +36,10 @@ from lorahf.metrics import rouge_l, win_rate
 from lorahf.ppo.alarms import held_out_alarms, iteration_alarms
 from lorahf.ppo.math import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_estimate,
                              masked_mean, token_rewards, whiten)
-from lorahf.ppo.rollout import POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, ModelScorer, collect, gathered
+from lorahf.ppo.rollout import POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, collect, gathered
 from lorahf.ppo.update import make_optimizer, train_on
 from lorahf.report import Check, judged_comparisons, scalar_table, series
+from lorahf.reward_model import of_run
 from lorahf.roles import POLICY_LAST
 from lorahf.training import (ensure_adapter, index_batches, load_stage_data, mean, read_checkpoint,
                              save_checkpoint)
@@ -74,10 +76,13 @@ def run(recipe, backbone, folder, progress) -> dict:
     # 1. Prompts for rollouts, held-out prompts for the checks, and what scores answers
     rollout_prompts, held_out = prompts(recipe, backbone.tokenizer, progress)
     judges = scoring_judges(recipe)
-    scorer = pick_scorer(spec, judges)
+    reward = None if spec.reward_judge else of_run(recipe, backbone, folder)
+    if reward is None and not spec.reward_judge:
+        ensure_adapter(backbone, folder, REWARD, needed_by="ppo")  # there is none yet: says which stage writes it
+    scorer = pick_scorer(spec, judges, reward)
 
     # 2. Adapters, optimizer and KL controller: fresh, or from the last checkpoint
-    state, optimizer, controller = start(recipe, backbone, folder, progress)
+    state, optimizer, controller = start(recipe, backbone, folder, progress, reward)
     if state.iteration == 0:
         state.start = held_out_check(backbone, recipe, held_out, scorer, judges)
         keep_if_best(backbone, folder, state, state.start, spec, iteration=0)
@@ -102,7 +107,8 @@ def run(recipe, backbone, folder, progress) -> dict:
     backbone.save_adapter(VALUE, folder.adapter_dir(VALUE))
     backbone.load_adapter(POLICY, folder.adapter_dir(POLICY))
     backbone.set_trainable()
-    metrics = {"iterations": state.iteration, "best_by": spec.best_by, "best_iteration": state.best_iteration,
+    metrics = {"iterations": state.iteration, "value_init": value_init(spec, reward), "best_by": spec.best_by,
+               "best_iteration": state.best_iteration,
                "best": state.best, "kl_limit": kl_limit, "beta_last": controller.value,
                "seconds_per_iteration": statistics.median(state.seconds) if state.seconds else None,
                "alarms": {name: len(found) for name, found in state.alarms.items()},
@@ -131,29 +137,28 @@ def prompts(recipe, tokenizer, progress) -> tuple[Prompts, Prompts]:
     return Prompts(train_ids, list(train_rows["prompt"])), held_out
 
 
-def pick_scorer(spec, judges: dict):
-    """The reward model, or the judge named by `reward_judge` (a reward you can compute)."""
+def pick_scorer(spec, judges: dict, reward):
+    """The reward model (`reward`: either form, see lorahf.reward_model), or the judge named by `reward_judge` (a
+    reward you can compute)."""
     for field_name in ("reward_judge", "best_by"):
         name = getattr(spec, field_name)
         if name in judges or name in ("reward", "rouge_l", None):
             continue
         raise LorahfError(f"ppo.{field_name}: judge '{name}' does not score single responses",
                           hint="name a python judge f(prompt, response) -> float")
-    return JudgeScorer(judges[spec.reward_judge]) if spec.reward_judge else ModelScorer()
+    return JudgeScorer(judges[spec.reward_judge]) if spec.reward_judge else reward
 
 
-def start(recipe, backbone, folder, progress):
-    """Step 2: policy <- sft, value <- reward (adapter and head; sft and a fresh head with a reward judge), or
-    all of it from the last checkpoint; the optimizer and the KL controller. Returns (state, optimizer, controller)."""
+def start(recipe, backbone, folder, progress, reward):
+    """Step 2: policy <- sft, value <- reward's adapter and head, or sft and a fresh head (`value_init`), or all of
+    it from the last checkpoint; the optimizer and the KL controller. Returns (state, optimizer, controller)."""
     spec = recipe.ppo
     ensure_adapter(backbone, folder, REFERENCE, needed_by="ppo")
-    if spec.reward_judge is None:
-        ensure_adapter(backbone, folder, REWARD, needed_by="ppo")
     saved = read_checkpoint("ppo", backbone, folder, recipe.stage_hash("ppo"), progress, (POLICY, VALUE), "iteration")
     state = State(**saved["state"]) if saved else None
     if state is None:
         backbone.copy_adapter(REFERENCE, POLICY)
-        if spec.reward_judge is None:
+        if value_init(spec, reward) == "reward":
             backbone.copy_adapter(REWARD, VALUE)
             backbone.head(VALUE).likelihood.fill_(False)  # per-token values read the head alone
         else:
@@ -169,6 +174,17 @@ def start(recipe, backbone, folder, progress):
     if state.kl_controller:
         controller.load_state_dict(state.kl_controller)
     return state, optimizer, controller
+
+
+def value_init(spec, reward) -> str:
+    """Where the value model starts: `ppo.value_init`, auto resolved (reward when the reward model is the adapter on
+    the shared base, else sft)."""
+    if spec.value_init != "auto":
+        if spec.value_init == "reward" and getattr(reward, "kind", None) != "adapter":
+            raise LorahfError("ppo.value_init is reward, but this run's reward model is not an adapter on the shared "
+                              "base (a separate encoder or a reward_judge)", hint="use value_init: sft or auto")
+        return spec.value_init
+    return "reward" if getattr(reward, "kind", None) == "adapter" else "sft"
 
 
 def one_iteration(backbone, recipe, folder, state: State, optimizer, controller, rollout_prompts: Prompts,

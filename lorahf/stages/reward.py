@@ -1,7 +1,9 @@
-"""Reward model: the `reward` adapter plus a scalar head, trained on preferences.
+"""Reward model: the `reward` adapter plus a scalar head on the shared base, or a classifier on its own encoder
+(`reward.model`), trained on preferences (lorahf.reward_model holds both behind one interface).
 
-The encoder reads the prompt, the decoder reads the response, and the score is the head at the
-response's last (EOS) position. The loss follows the data's shape:
+On the shared base the encoder reads the prompt, the decoder reads the response, and the score is the head at
+the response's last (EOS) position; an encoder classifier reads (prompt, response) as a text pair. The loss
+follows the data's shape:
 
     pairwise (prompt, chosen, rejected)    -log sigmoid(r_chosen - r_rejected - margin)
     ranking  (prompt, responses, ranking)  the same over all K(K-1)/2 pairs of a prompt, in one batch,
@@ -9,10 +11,12 @@ response's last (EOS) position. The loss follows the data's shape:
     score    (prompt, response, score)     mean squared error on standardised scores
 
     1. load preferences (held-out split), group each prompt's responses and their ordered pairs
-    2. the `reward` adapter starts as a copy of `sft` (the standard choice) with a fresh head
+    2. the reward model: the `reward` adapter as a copy of `sft` (the standard choice) with a fresh head, or
+       `reward.model` with a fresh LoRA adapter (or trainable in full, or as given with `reward.train: false`)
     3. loop (training.train_adapter); every `eval_every` steps the held-out accuracy; the best adapter is
        kept, the loop stops after `patience` checks without a better one, and resumes from its last checkpoint
-    4. centre: set the head's offset so that the SFT data's own responses score 0 on average; samples/reward.jsonl
+       (`reward.train: false`: one held-out check, no training)
+    4. centre: set the offset so that the SFT data's own responses score 0 on average; samples/reward.jsonl
        keeps every held-out pair's margin
     5. the quality gate: held-out accuracy against `min_accuracy`
 """
@@ -27,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from lorahf import distributed, roles
-from lorahf.data import collate, encode_prompts, encode_responses, preference_format
+from lorahf.data import preference_format
 from lorahf.report import Check, read_jsonl, scalar_table, series
-from lorahf.scoring import score_batches
+from lorahf.reward_model import EncoderReward, SharedReward, keep_beside
 from lorahf.training import describe_training, ensure_adapter, load_stage_data, train_adapter
 
 ROLE = roles.REWARD
@@ -39,17 +43,15 @@ SCORE_BATCH = 64
 
 @dataclass
 class Groups:
-    """Each prompt's responses, tokenized, and what is known about their order.
+    """Each prompt's responses, as the reward model reads them (its `tokenize` items), and what is known about
+    their order. pairs[g]: (better, worse) indices into items[g]; targets[g]: standardised scores (score data)."""
 
-    pairs[g]: (better, worse) indices into responses[g]; targets[g]: standardised scores (score data)."""
-
-    prompts: list[list[int]]
-    responses: list[list[list[int]]]
+    items: list[list]
     pairs: list[list[tuple[int, int]]]
     targets: list[list[float]] | None = None
 
     def __len__(self) -> int:
-        return len(self.prompts)
+        return len(self.items)
 
 
 def run(recipe, backbone, folder, progress) -> dict:
@@ -59,54 +61,73 @@ def run(recipe, backbone, folder, progress) -> dict:
     train_rows, eval_rows = load_stage_data(spec.data, "preference", recipe.seed)
     data_format = preference_format(train_rows)
     scale = _score_scale(train_rows) if data_format == "score" else None
-    train = to_groups(train_rows, data_format, backbone.tokenizer, recipe, scale)
-    held_out = to_groups(eval_rows, data_format, backbone.tokenizer, recipe, scale)
-    progress.note(f"reward data ({data_format}): {len(train)} train, {len(held_out)} held-out prompts")
 
-    # 2. Adapter: a copy of sft when there is one, and a fresh head
-    torch.manual_seed(recipe.seed)
-    if spec.init_from == "sft":
-        ensure_adapter(backbone, folder, roles.SFT, needed_by="reward")
-        backbone.copy_adapter(roles.SFT, ROLE)
-        backbone.add_head(ROLE, likelihood=spec.likelihood_term)
-    else:
-        backbone.add_adapter(ROLE, recipe.lora.reward, head=True, likelihood=spec.likelihood_term)
-    backbone.set_trainable(ROLE)
-    backbone.use(ROLE)
+    # 2. The reward model
+    reward = start(recipe, backbone, folder)
+    train = to_groups(train_rows, data_format, reward, scale)
+    held_out = to_groups(eval_rows, data_format, reward, scale)
+    progress.note(f"reward data ({data_format}): {len(train)} train, {len(held_out)} held-out prompts; "
+                  f"{reward.describe()}")
 
     # 3. Loop: held-out accuracy picks the adapter kept (and stops the loop when it no longer rises)
     def loss(indices: list[int]) -> tuple[torch.Tensor, int]:
-        scores = score_responses(backbone, train, indices)
+        scores = score_responses(reward, train, indices)
         mean_loss = group_loss(scores, [train.pairs[i] for i in indices], spec.margin,
                                [train.targets[i] for i in indices] if train.targets else None)
         share = distributed.share_of_mean(mean_loss, sum(len(train.targets[i]) for i in indices) if train.targets
                                           else len(indices))  # the mean is over responses, or over groups
-        return share, sum(len(train.prompts[i]) + len(r) for i in indices for r in train.responses[i])
+        return share, sum(reward.tokens(item) for i in indices for item in train.items[i])
 
-    lengths = ([len(p) + 2 * max(map(len, rs)) for p, rs in zip(train.prompts, train.responses)]
-               if spec.group_by_length else None)
-    state = train_adapter(ROLE, spec, recipe, backbone, folder, progress, rows=len(train), lengths=lengths, loss=loss,
-                          check=lambda step: evaluate(backbone, held_out, spec.batch_size), criterion="accuracy",
-                          maximize=True)
-    best, losses = state.best, state.losses
+    if spec.train:
+        lengths = [reward.group_length(group) for group in train.items] if spec.group_by_length else None
+        state = train_adapter(ROLE, spec, recipe, reward.holder, folder, progress, rows=len(train), lengths=lengths,
+                              loss=loss, check=lambda step: evaluate(reward, held_out, spec.batch_size),
+                              criterion="accuracy", maximize=True)
+        best, losses, trained = state.best, state.losses, {"best_step": state.best_step, "steps": state.step,
+                                                           "stopped_early": state.stopped_early}
+    else:
+        best, losses, trained = evaluate(reward, held_out, spec.batch_size), [], {"steps": 0}
+        folder.log_metrics("reward", 0, {f"eval_{k}": v for k, v in best.items()})
 
-    # 4. Centre the best adapter on the SFT data's own responses
-    offset = centre(backbone, sft_responses(recipe, backbone.tokenizer, train))
-    backbone.save_adapter(ROLE, folder.adapter_dir(ROLE))
+    # 4. Centre the best reward model on the SFT data's own responses
+    offset = centre(reward, sft_responses(recipe, reward, train_rows, data_format))
+    reward.save(folder)
+    if reward.kind == "encoder":
+        keep_beside(backbone, reward)  # ppo and evaluate in this process score with it, loaded once
 
-    folder.write_samples(ROLE, held_out_samples(backbone, held_out, eval_rows, data_format, spec.batch_size))
+    folder.write_samples(ROLE, held_out_samples(reward, held_out, eval_rows, data_format, spec.batch_size))
 
     # 5. The gate
     gate = "pass" if best["accuracy"] >= spec.min_accuracy else "fail"
     progress.note(f"reward: held-out accuracy {best['accuracy']:.3f} on {best['pairs']} pairs "
                   f"(gate {gate} at {spec.min_accuracy}); scores centred by {offset:+.3f}")
-    metrics = {"format": data_format, "eval_accuracy": best["accuracy"], "eval_pairs": best["pairs"],
-               "eval_margin": best["margin"], "best_step": state.best_step, "gate": gate,
-               "min_accuracy": spec.min_accuracy, "offset": offset, "steps": state.step,
-               "stopped_early": state.stopped_early,
-               "train_loss_first": losses[0], "train_loss_last": losses[-1]}
+    metrics = {"format": data_format, "model": reward.kind, "eval_accuracy": best["accuracy"],
+               "eval_pairs": best["pairs"], "eval_margin": best["margin"], "gate": gate,
+               "min_accuracy": spec.min_accuracy, "offset": offset, **trained,
+               "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None}
+    if reward.kind == "encoder":
+        metrics["memory_bytes"] = reward.memory_bytes()
     metrics.update({k: best[k] for k in ("pearson", "spearman") if k in best})
     return metrics
+
+
+def start(recipe, backbone, folder):
+    """Step 2: the reward model, ready to train (or, with `reward.train: false`, to be evaluated as it is)."""
+    spec = recipe.reward
+    torch.manual_seed(recipe.seed)
+    if spec.model is not None:
+        reward = EncoderReward.load(spec.model, spec, recipe.lora.reward, recipe.model.quantization, backbone.device)
+    else:
+        if spec.init_from == "sft":
+            ensure_adapter(backbone, folder, roles.SFT, needed_by="reward")
+            backbone.copy_adapter(roles.SFT, ROLE)
+            backbone.add_head(ROLE, likelihood=spec.likelihood_term)
+        else:
+            backbone.add_adapter(ROLE, recipe.lora.reward, head=True, likelihood=spec.likelihood_term)
+        reward = SharedReward(backbone, recipe)
+    reward.holder.set_trainable(ROLE)
+    reward.holder.use(ROLE)
+    return reward
 
 
 # ------------------------------------------------------------------------------------- the losses
@@ -136,28 +157,28 @@ def group_loss(scores: list[torch.Tensor], pairs: list[list[tuple[int, int]]], m
 
 
 # ------------------------------------------------------------------------------------------ data
-def to_groups(rows, data_format: str, tokenizer, recipe, scale: tuple[float, float] | None) -> Groups:
-    """Preference rows of any format as groups of one prompt's responses."""
+def group_rows(rows, data_format: str, scale: tuple[float, float] | None):
+    """Preference rows of any format as each prompt's response texts, their ordered pairs and (score data) their
+    standardised scores: (responses, pairs, targets)."""
     if data_format == "pairwise":
         responses = [[c, r] for c, r in zip(rows["chosen"], rows["rejected"])]
-        pairs = [[(0, 1)] for _ in responses]
-        targets = None
-    elif data_format == "ranking":
-        responses = [list(r) for r in rows["responses"]]
-        pairs = [ranking_pairs(list(ranks)) for ranks in rows["ranking"]]
-        targets = None
-    else:
-        mean, std = scale
-        responses = [[r] for r in rows["response"]]
-        pairs = [[] for _ in responses]
-        targets = [[(s - mean) / std] for s in rows["score"]]
-    prompt_ids, _ = encode_prompts(tokenizer, rows["prompt"], recipe.max_prompt_tokens, recipe.prompt_format)
-    flat, _ = encode_responses(tokenizer, [r for group in responses for r in group], recipe.max_response_tokens)
+        return responses, [[(0, 1)] for _ in responses], None
+    if data_format == "ranking":
+        return [list(r) for r in rows["responses"]], [ranking_pairs(list(ranks)) for ranks in rows["ranking"]], None
+    mean, std = scale
+    return [[r] for r in rows["response"]], [[] for _ in rows["response"]], [[(s - mean) / std] for s in rows["score"]]
+
+
+def to_groups(rows, data_format: str, reward, scale: tuple[float, float] | None) -> Groups:
+    """Preference rows of any format as groups of one prompt's responses, tokenized for `reward`."""
+    responses, pairs, targets = group_rows(rows, data_format, scale)
+    flat = reward.tokenize([p for p, group in zip(rows["prompt"], responses) for _ in group],
+                           [r for group in responses for r in group])
     grouped, start = [], 0
     for group in responses:
         grouped.append(flat[start:start + len(group)])
         start += len(group)
-    return Groups(prompt_ids, grouped, pairs, targets)
+    return Groups(grouped, pairs, targets)
 
 
 def _score_scale(rows) -> tuple[float, float]:
@@ -167,28 +188,23 @@ def _score_scale(rows) -> tuple[float, float]:
     return mean, std
 
 
-def score_responses(backbone, groups: Groups, indices: list[int]) -> list[torch.Tensor]:
-    """Scores of every response of the chosen groups, in one forward pass, split back per group."""
-    prompts = [groups.prompts[i] for i in indices for _ in groups.responses[i]]
-    responses = [r for i in indices for r in groups.responses[i]]
-    batch = collate(prompts, responses, backbone.tokenizer.pad_token_id).to(backbone.device)
-    scores = backbone.sequence_scores(batch)
-    return list(torch.split(scores, [len(groups.responses[i]) for i in indices]))
+def score_responses(reward, groups: Groups, indices: list[int]) -> list[torch.Tensor]:
+    """Scores of every response of the chosen groups, in one forward pass (with gradients), split back per group."""
+    scores = reward.forward([item for i in indices for item in groups.items[i]])
+    return list(torch.split(scores, [len(groups.items[i]) for i in indices]))
 
 
-def score_groups(backbone, groups: Groups, batch_size: int) -> list[torch.Tensor]:
+def score_groups(reward, groups: Groups, batch_size: int) -> list[torch.Tensor]:
     """Every response's score (no gradients, eval mode), split back per group: `batch_size` groups' worth of
     responses a forward pass (as many as the largest groups hold)."""
-    sizes = [len(responses) for responses in groups.responses]
-    prompts = [prompt for prompt, size in zip(groups.prompts, sizes) for _ in range(size)]
-    responses = [response for group in groups.responses for response in group]
-    scores = score_batches(backbone, ROLE, prompts, responses, batch_size * max(sizes, default=1))
+    sizes = [len(items) for items in groups.items]
+    scores = reward.score_items([item for items in groups.items for item in items], batch_size * max(sizes, default=1))
     return list(torch.split(scores, sizes))
 
 
-def evaluate(backbone, groups: Groups, batch_size: int) -> dict:
+def evaluate(reward, groups: Groups, batch_size: int) -> dict:
     """Held-out pairwise accuracy (ties count half) and mean margin; Pearson/Spearman for score data."""
-    scores = score_groups(backbone, groups, batch_size)
+    scores = score_groups(reward, groups, batch_size)
     if groups.targets is not None:
         return _regression_metrics(torch.cat(scores).cpu(), torch.tensor([t for ts in groups.targets for t in ts]))
     margins = pair_margins(scores, groups)
@@ -201,9 +217,9 @@ def pair_margins(scores: list[torch.Tensor], groups: Groups) -> torch.Tensor:
     return torch.cat([s[[b for b, _ in p]] - s[[w for _, w in p]] for s, p in zip(scores, groups.pairs) if p])
 
 
-def held_out_samples(backbone, groups: Groups, rows, data_format: str, batch_size: int) -> list[dict]:
+def held_out_samples(reward, groups: Groups, rows, data_format: str, batch_size: int) -> list[dict]:
     """One row per held-out pair with its margin (the report's histogram); the texts for pairwise data."""
-    scores = score_groups(backbone, groups, batch_size)
+    scores = score_groups(reward, groups, batch_size)
     if data_format == "score":
         return [{"prompt": p, "response": r, "score": t, "predicted": s.item()}
                 for p, r, t, s in zip(rows["prompt"], rows["response"], rows["score"], torch.cat(scores))]
@@ -231,29 +247,25 @@ def _regression_metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict:
 
 
 # ------------------------------------------------------------------------------------ centring
-def sft_responses(recipe, tokenizer, train: Groups) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompt ids, response ids) of the SFT data's own responses; the preference data's if no SFT."""
+def sft_responses(recipe, reward, train_rows, data_format: str) -> list:
+    """The SFT data's own (prompt, response) pairs as `reward` reads them; the preference data's if no SFT."""
     if recipe.sft is not None:
-        from lorahf.data import encode_pairs, load_rows
+        from lorahf.data import load_rows
 
         rows = load_rows(recipe.sft.data.files, "sft", recipe.sft.data.columns)
         rows = rows.select(range(min(CENTRING_ROWS, len(rows))))
-        prompts, responses, _ = encode_pairs(tokenizer, rows["prompt"], rows["response"],
-                                             recipe.max_prompt_tokens, recipe.max_response_tokens,
-                                             recipe.prompt_format)
-        return prompts, responses
-    pairs = [(p, r) for p, group in zip(train.prompts, train.responses) for r in group][:CENTRING_ROWS]
-    return [p for p, _ in pairs], [r for _, r in pairs]
+        return reward.tokenize(list(rows["prompt"]), list(rows["response"]))
+    responses, _, _ = group_rows(train_rows, data_format, (0.0, 1.0))
+    pairs = [(p, r) for p, group in zip(train_rows["prompt"], responses) for r in group][:CENTRING_ROWS]
+    return reward.tokenize([p for p, _ in pairs], [r for _, r in pairs])
 
 
 @torch.no_grad()
-def centre(backbone, data: tuple[list[list[int]], list[list[int]]]) -> float:
-    """Set the head's offset so that these responses score 0 on average; return the offset."""
-    prompts, responses = data
-    head = backbone.head(ROLE)
-    head.offset.zero_()
-    head.offset.fill_(score_batches(backbone, ROLE, prompts, responses, SCORE_BATCH).double().mean().item())
-    return head.offset.item()
+def centre(reward, items: list) -> float:
+    """Set the reward's offset so that these responses score 0 on average; return the offset."""
+    reward.offset = 0.0
+    reward.offset = reward.score_items(items, SCORE_BATCH).double().mean().item()
+    return reward.offset
 
 
 # ------------------------------------------------------------------------------- plan and report
