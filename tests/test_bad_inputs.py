@@ -106,6 +106,27 @@ def encoder_only_model(root: Path, model: Path) -> None:
         shutil.copy(model / name, folder / name)
 
 
+def causal_lm_model(root: Path, model: Path) -> None:
+    """A tiny Llama (a decoder-only LM, no classifier) where a reward encoder belongs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, hidden_size=8,
+                                 intermediate_size=16, vocab_size=600)).save_pretrained(root / "llama")
+
+
+def three_label_classifier(root: Path, model: Path) -> None:
+    """A BERT classifier with 3 labels (`classifier`) and a bare masked-LM BERT (`bert-mlm`), with a tokenizer."""
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+    shape = {"num_hidden_layers": 1, "num_attention_heads": 2, "hidden_size": 8, "intermediate_size": 16,
+             "vocab_size": 600, "max_position_embeddings": 64}
+    BertForSequenceClassification(BertConfig(**shape, num_labels=3)).save_pretrained(root / "classifier")
+    BertForMaskedLM(BertConfig(**shape)).save_pretrained(root / "bert-mlm")
+    for folder in ("classifier", "bert-mlm"):
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(model / name, root / folder / name)
+
+
 def tokenizer_of_another_model(root: Path, model: Path) -> None:
     """The tiny model with a vocabulary of 100 beside its tokenizer of several hundred tokens."""
     folder = root / "mismatched"
@@ -123,8 +144,8 @@ def missing_api_key(root: Path, model: Path, monkeypatch) -> None:
     monkeypatch.delenv("LORAHF_TEST_NO_SUCH_KEY", raising=False)
 
 
-SETUPS = {f.__name__: f for f in (huge_row, encoder_only_model, tokenizer_of_another_model, no_bitsandbytes,
-                                   missing_api_key)}
+SETUPS = {f.__name__: f for f in (huge_row, encoder_only_model, causal_lm_model, three_label_classifier,
+                                   tokenizer_of_another_model, no_bitsandbytes, missing_api_key)}
 
 
 # ------------------------------------------------------------------------------------------- the test
