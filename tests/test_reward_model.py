@@ -155,3 +155,20 @@ def test_settings_that_need_the_shared_adapter_are_refused(patch, field, tmp_pat
     reward = {**tiny_reward_section(max_steps=2, eval_every=2), "model": "models/any-encoder", **patch}
     with pytest.raises(RecipeError, match=field.replace(".", r"\.")):
         validate(tiny_run_recipe(tmp_path, tiny_model_dir, "bad", ["sft", "reward"], sft_steps=2, reward=reward))
+
+
+def test_a_killed_encoder_reward_stage_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, tiny_encoder_dir):
+    """A SIGKILL just after a random step of the encoder's training: the next start resumes at the checkpoint's next
+    step and ends with the unbroken run's metrics, bit for bit (benchmarks/kill_resume.py)."""
+    import yaml
+
+    from tests.test_kill_resume import _harness
+
+    reward = {**tiny_reward_section(max_steps=12, eval_every=4), "model": str(tiny_encoder_dir),
+              "checkpoint_every": 5, "patience": None}
+    raw = tiny_run_recipe(tmp_path, tiny_model_dir, "killed", ["reward"], sft_steps=2, reward=reward)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    result = _harness().main(["--recipe", "recipe.yaml", "--kills", "1", "--mode", "steps", "--seed", "1",
+                              "--tolerance", "0", "--cwd", str(tmp_path)])
+    assert result["kills"] == 1 and result["problems"] == [], result
+    assert result["landed_in"][0].split()[0] == "reward" and int(result["resumed_at"][0].split()[1]) > 1, result

@@ -270,7 +270,12 @@ def centre(reward, items: list) -> float:
 
 # ------------------------------------------------------------------------------- plan and report
 def describe(recipe) -> str:
-    return describe_training(recipe.reward)
+    spec = recipe.reward
+    if spec.model is None:
+        return describe_training(spec)
+    how = "as given (not trained)" if not spec.train else ("fully" if spec.full_finetune else "LoRA") + \
+        ", " + describe_training(spec)
+    return f"own encoder {spec.model}, {how}"
 
 
 def plan_memory(shape, recipe, traced) -> dict[str, int]:
