@@ -86,12 +86,14 @@ def test_the_rollout_scorer_reads_the_policy_tokens_as_text(encoder_run, tiny_mo
         backbone.close()
 
 
-def test_the_reward_judge_and_merge_work_with_the_encoder(encoder_run, tmp_path):
+def test_the_reward_judge_merge_and_generate_work_with_the_encoder(encoder_run, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from lorahf.generate import generate
     from lorahf.merge import merge
 
     recipe, result = encoder_run
+    assert all(generate(recipe.run_dir, ["The Falcons beat the Tigers 3-1 in Leeds."]))  # the policy answers
     judged = pipeline.judge(recipe.run_dir, "reward", "sft", "policy", n=4, out=tmp_path / "judged.jsonl")
     assert judged["judged"] + judged["no_verdict"] == 4
     assert all(json.loads(line)["judge"] == "reward" for line in (tmp_path / "judged.jsonl").read_text().splitlines())
