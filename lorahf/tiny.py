@@ -33,6 +33,8 @@ beside it (see `build_encoder_model`).
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 import json
 import string
@@ -52,7 +54,7 @@ BUILD = 2  # raised whenever make_tiny builds another model from the same spec (
 CAUSAL_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2: the Llama-2 layout (no pad token, as Llama)
 CAUSAL_BUILD = 1  # BUILD's counterpart for the tiny Llama
 ENCODER_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0-4: the BERT layout
-ENCODER_BUILD = 1  # BUILD's counterpart for the tiny BERT
+ENCODER_BUILD = 2  # BUILD's counterpart for the tiny BERT (2: match heads)
 # Zephyr-like: text markers (plain BPE pieces, no special tokens), each turn closed by </s>; BOS first, because
 # apply_chat_template tokenizes without adding special tokens.
 CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}"
@@ -354,7 +356,70 @@ def build_encoder_model(spec: TinyEncoderSpec, vocab_size: int):
     with torch.no_grad():  # BERT's own init of a linear layer
         model.bert.pooler.dense.weight.normal_(0.0, config.initializer_range)
         model.bert.pooler.dense.bias.zero_()
+    match_heads(model, spec.seed)
     return model
+
+
+WORD_DIMS = 96  # the tiny BERT's hidden dimensions that carry a token's identity; then positions, type, "found"
+POSITION_DIMS = slice(96, 126)
+TYPE_DIM, FOUND_DIM = 126, 127
+
+
+def match_heads(model, seed: int) -> None:
+    """Give the tiny BERT what pretraining gives a real encoder's first layers, so that a reward model on it can
+    compare a response with its prompt: one head that finds each response token in the prompt, one that gathers
+    what it found into [CLS] (which the pooler and the classifier read).
+
+    The embeddings keep their parts apart: a token's identity on the first WORD_DIMS dimensions, sinusoidal
+    positions next, the token type (prompt -, response +) on TYPE_DIM; FOUND_DIM starts empty.
+      layer 0, head 0: every query attends to the same token in the prompt (its word dimensions, projected
+                       alike for query and key, match; a response query prefers prompt keys) and writes the
+                       type of what it attended to onto FOUND_DIM: negative where the token was found in the
+                       prompt, positive where it was not (it then attends to the response itself)
+      layer 1, head 0: every query averages FOUND_DIM over the response's tokens, [CLS] included
+    The other heads, the feed-forward layers and the pooler stay as BERT initialises them. Measured on the bundled
+    preferences (LoRA r16, lr 1e-3, one epoch; BENCHMARKS.md "Reward model on its own encoder"): held-out accuracy
+    0.68 (0.74 against the gold judge), 0.54-0.62 without these heads in every setting tried."""
+    embeddings, layers = model.bert.embeddings, model.bert.encoder.layer
+    hidden = model.config.hidden_size
+    head = hidden // model.config.num_attention_heads  # head 0 uses rows [0, head) of q, k and v
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        words = torch.zeros_like(embeddings.word_embeddings.weight)
+        words[:, :WORD_DIMS] = torch.randn(words.shape[0], WORD_DIMS, generator=generator) / math.sqrt(WORD_DIMS)
+        embeddings.word_embeddings.weight.copy_(words)
+        positions = torch.zeros_like(embeddings.position_embeddings.weight)
+        index = torch.arange(positions.shape[0]).float()[:, None]
+        half = (POSITION_DIMS.stop - POSITION_DIMS.start) // 2
+        frequencies = 1.0 / 100 ** (torch.arange(half).float() / half)
+        positions[:, POSITION_DIMS.start:POSITION_DIMS.start + half] = torch.sin(index * frequencies) / (2 * math.sqrt(half))
+        positions[:, POSITION_DIMS.start + half:POSITION_DIMS.stop] = torch.cos(index * frequencies) / (2 * math.sqrt(half))
+        embeddings.position_embeddings.weight.copy_(positions)
+        types = torch.zeros_like(embeddings.token_type_embeddings.weight)
+        types[0, TYPE_DIM], types[1, TYPE_DIM] = -0.3, 0.3
+        embeddings.token_type_embeddings.weight.copy_(types)
+
+        attention = layers[0].attention  # the match head
+        query, key, value, out = attention.self.query, attention.self.key, attention.self.value, attention.output.dense
+        projection = torch.linalg.qr(torch.randn(WORD_DIMS, head - 1, generator=generator))[0].T
+        for linear in (query, key, value):
+            linear.weight[:head] = 0
+            linear.bias[:head] = 0
+        query.weight[:head - 1, :WORD_DIMS] = key.weight[:head - 1, :WORD_DIMS] = 4.0 * projection
+        query.weight[head - 1, TYPE_DIM], key.weight[head - 1, TYPE_DIM] = 2.0, -2.0  # a response query, prompt keys
+        value.weight[0, TYPE_DIM] = 1.0
+        out.weight[:, :head] = 0
+        out.weight[FOUND_DIM, 0] = 3.0
+
+        attention = layers[1].attention  # the gathering head
+        query, key, value, out = attention.self.query, attention.self.key, attention.self.value, attention.output.dense
+        for linear in (query, key, value):
+            linear.weight[:head] = 0
+            linear.bias[:head] = 0
+        query.bias[0], key.weight[0, TYPE_DIM] = 1.0, 3.0  # every query prefers response keys
+        value.weight[0, FOUND_DIM] = 1.0
+        out.weight[:, :head] = 0
+        out.weight[FOUND_DIM, 0] = 1.0
 
 
 @contextmanager

@@ -405,3 +405,26 @@ def test_encoder_marker_names_the_family(tmp_path, tiny_encoder_dir):
     (tmp_path / MARKER_FILE).write_text(json.dumps({**marker, "build": ENCODER_BUILD - 1}))
     reason = why_stale(tmp_path, EXAMPLE_DATA)
     assert "older lorahf" in reason and "tiny BERT" in reason
+
+
+def test_encoder_match_head_marks_response_tokens_missing_from_the_prompt(tiny_encoder_dir):
+    """Layer 0's match head writes on FOUND_DIM whether each response token is in the prompt: a city the report
+    names reads negative, one it does not name positive; layer 1 gathers it into [CLS], so a response with an
+    invented city moves [CLS] up."""
+    from transformers import AutoTokenizer, BertModel
+
+    from lorahf.tiny import FOUND_DIM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    model = BertModel.from_pretrained(tiny_encoder_dir).eval()
+    report = "Badgers won 5-1 against Eagles in Exeter on Thursday."
+    encoded = tokenizer([report] * 2, ["Badgers beat Eagles 5-1 in Exeter.", "Badgers beat Eagles 5-1 in Leeds."],
+                        padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**encoded, output_hidden_states=True).hidden_states
+    tokens = [tokenizer.convert_ids_to_tokens(row) for row in encoded["input_ids"]]
+    found = {city: states[1][row, tokens[row].index(piece, tokens[row].index("[SEP]")), FOUND_DIM].item()
+             for row, city in ((0, "Exeter"), (1, "Leeds"))
+             for piece in [tokenizer.tokenize(city)[0]]}
+    assert found["Exeter"] < 0 < found["Leeds"], found
+    assert states[2][1, 0, FOUND_DIM] > states[2][0, 0, FOUND_DIM]  # [CLS] of the invented city is higher
