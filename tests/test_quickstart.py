@@ -119,3 +119,26 @@ def test_causal_quickstart_end_to_end(tmp_path):
     assert "16 of 16 held-out greedy answers identical" in " ".join(merged.stdout.split())
     card = (tmp_path / "merged" / "causal" / "README.md").read_text()
     assert "AutoModelForCausalLM" in card and "Seq2Seq" not in card
+
+
+def test_encoder_reward_quickstart_trains_its_reward_model(tmp_path):
+    """recipes/quickstart-encoder-reward.yaml's reward stage, as shipped: the tiny BERT built locally, a reward model
+    on it that passes its gate, merged into a plain classifier. (Its ppo stage is the quickstart's, scoring with this
+    model; the whole run and its comparison with the shared adapter: benchmarks/reward_models.py, BENCHMARKS.md.)"""
+    for folder in ("recipes", "examples"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    lorahf = [sys.executable, "-m", "lorahf"]
+    done = subprocess.run(lorahf + ["run", "recipes/quickstart-encoder-reward.yaml", "--stage", "reward"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "✗" not in done.stdout, done.stdout
+    assert json.loads((tmp_path / "models" / "tiny-bert" / "config.json").read_text())["model_type"] == "bert"
+    run = tmp_path / "runs" / "quickstart-encoder-reward"
+    reward = json.loads((run / "stages" / "reward.json").read_text())["metrics"]
+    assert reward["model"] == "encoder" and reward["gate"] == "pass" and reward["eval_accuracy"] >= 0.7, reward
+    assert reward["eval_pairs"] == 250
+
+    merged = subprocess.run(lorahf + ["merge", "runs/quickstart-encoder-reward", "--adapter", "reward", "--out",
+                                      "merged/reward"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    assert "32 of 32 held-out scores equal to the run's" in " ".join(merged.stdout.split())
