@@ -1,7 +1,7 @@
 """How close `lorahf plan` comes to measured peaks: on this CPU (run here) and on a GPU (measured earlier).
 
     python benchmarks/plan_check.py            # everything
-    python benchmarks/plan_check.py causal     # only the decoder-only CPU rows (likewise: t5, gpu)
+    python benchmarks/plan_check.py causal     # only the decoder-only CPU rows (likewise: t5, encoder, gpu)
 
 CPU: the quickstart's tiny T5 and a flan-t5-small-shaped T5 (random, built here), and the decoder-only
 counterparts: the tiny Llama (`make-tiny --family causal`) and a SmolLM2-135M-shaped Llama cut to 4 of its 30
@@ -11,6 +11,14 @@ update pass run for real; the bytes of every tensor they create are counted whil
 counter the planner runs on the meta device, here on real tensors and real bitsandbytes layers). The
 planner predicts the same steps from the config alone (`plan.Shape(..., "cpu")`). Weights are compared
 separately: `plan.base_bytes` against the loaded model's tensors.
+
+The reward model on its own encoder (`reward.model`): the tiny BERT (`make-tiny --family encoder`) and a
+distilroberta-base-shaped RoBERTa (random, built here) are loaded as the reward stage loads them
+(`EncoderReward.load`: LoRA, full, and the tiny BERT in 8 bits), and one real training step runs: the stage's
+`score_responses` and `group_loss`, then `training.update` (backward, clipping, AdamW's first step), on pairs of
+one length (no padding) and with a shorter pair in each batch (padding); then PPO's scoring pass (`score_items`,
+no gradients). The planner predicts them from the config alone (`plan.RewardEncoder(..., "cpu")`); weights:
+`RewardEncoder.weight_bytes` against `EncoderReward.memory_bytes`.
 
 GPU: benchmarks/results/gpu-h200-2026-11-26.jsonl holds peaks measured by benchmarks/gpu.py on an H200
 (`torch.cuda.max_memory_allocated`, prompts 512 and responses 64 tokens, no padding, the base built tied).
@@ -186,6 +194,86 @@ def _cpu_model(model: str, prompt: int, response: int, batch: int, checkpointing
     return rows
 
 
+def encoder_cpu_rows() -> list[tuple]:
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
+
+    from lorahf.tiny import TinyEncoderSpec, make_tiny
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        tiny = make_tiny(REPO / "examples" / "summaries" / "data", Path(folder) / "tiny-bert", TinyEncoderSpec())
+        roberta = Path(folder) / "distilroberta-base-shaped"
+        torch.manual_seed(0)  # distilroberta-base's dimensions (its config.json on the hub)
+        RobertaForMaskedLM(RobertaConfig(vocab_size=50265, hidden_size=768, intermediate_size=3072,
+                                         num_hidden_layers=6, num_attention_heads=12, max_position_embeddings=514,
+                                         type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                                         eos_token_id=2)).save_pretrained(roberta)
+        AutoTokenizer.from_pretrained(tiny).save_pretrained(roberta)  # its ids are all in range; pairs are made here
+        for tuning in ("lora", "full"):
+            rows += _cpu_encoder(str(tiny), tuning, prompt=128, response=32, pairs=16)
+        rows += _cpu_encoder(str(tiny), "lora", prompt=128, response=32, pairs=16, quantization="8bit", steps=False)
+        for tuning in ("lora", "full"):
+            rows += _cpu_encoder(str(roberta), tuning, prompt=256, response=64, pairs=4)
+    return rows
+
+
+def _cpu_encoder(model: str, tuning: str, prompt: int, response: int, pairs: int, quantization: str = "auto",
+                 steps: bool = True) -> list[tuple]:
+    """Weights, a reward step without and with padding, and (LoRA) PPO's scoring pass of 2 x `pairs` answers.
+    `steps`: False for weights only (an 8-bit BERT's classifier is int8 too, and peft's trainable copy of it cannot
+    run: weights are all an 8-bit encoder shows here)."""
+    from lorahf import plan
+    from lorahf import recipe as recipes
+    from lorahf.reward_model import EncoderReward
+    from lorahf.stages.reward import Groups, group_loss, score_responses
+    from lorahf.training import make_optimizer, update
+
+    recipe = recipes.validate({
+        "name": "check", "model": {"name": "unused", "quantization": "8bit"},
+        "max_prompt_tokens": prompt, "max_response_tokens": response, "stages": ["sft", "reward", "ppo"],
+        "sft": {"data": {"files": ["unused.jsonl"]}},
+        "reward": {"data": {"files": ["unused.jsonl"]}, "batch_size": pairs, "model": model,
+                   "full_finetune": tuning == "full", "quantization": quantization},
+        "ppo": {"data": {"files": ["unused.jsonl"]}}})
+    label = f"{Path(model).name} {tuning}" + (f" {quantization}" if quantization != "auto" else "")
+    reward = EncoderReward.load(model, recipe.reward, recipe.lora.reward, "8bit", torch.device("cpu"))
+    rows = []
+    for padded in (False, True):
+        encoder = plan.RewardEncoder(recipe, torch.float32, "cpu", padded=padded)
+        if not padded:
+            rows.append((label, "weights", encoder.weight_bytes(), reward.memory_bytes()))
+        if not steps:
+            break
+        length = encoder.length  # prompt + response + [CLS] [SEP] [SEP], as planned
+        items = [_pair_item(reward, length, prompt), _pair_item(reward, length - 7 * padded, prompt)]
+        groups = Groups([items] * pairs, [[(0, 1)]] * pairs)
+        reward.set_trainable("reward")
+        reward.model.train()
+        parameters = reward.parameters("reward")
+        optimizer, scheduler = make_optimizer(parameters, recipe.reward, 10)
+        real = plan._peak(lambda: update(group_loss(score_responses(reward, groups, list(range(pairs))), groups.pairs,
+                                                    recipe.reward.margin), optimizer, scheduler, parameters,
+                                         recipe.reward.max_grad_norm, "reward", 1))
+        optimizer.zero_grad(set_to_none=True)
+        rows.append((label, "reward step" + " (padding)" * padded, encoder.trace_step(recipe, 2 * pairs), real))
+        if tuning == "lora" and quantization == "auto":
+            batch = [items[0]] * 2 * pairs if not padded else items * pairs
+            real = plan._peak(lambda: reward.score_items(batch, len(batch)))
+            rows.append((label, "scoring pass" + " (padding)" * padded, encoder.trace_scoring(len(batch)), real))
+    return rows
+
+
+def _pair_item(reward, length: int, prompt: int) -> dict:
+    """One pair encoding of `length` tokens as the encoder's tokenizer frames a (prompt, response) pair."""
+    response = length - prompt - 3
+    tokenizer = reward.tokenizer
+    ids = [tokenizer.cls_token_id] + [5] * prompt + [tokenizer.sep_token_id] + [6] * response + [tokenizer.sep_token_id]
+    item = {"input_ids": ids, "attention_mask": [1] * length}
+    if reward.model.config.type_vocab_size > 1:
+        item["token_type_ids"] = [0] * (prompt + 2) + [1] * (response + 1)
+    return item
+
+
 def table(title: str, rows: list[tuple], unit: int, name: str) -> str:
     lines = [f"{title}", f"| model | what | planned {name} | measured {name} | error |", "|---|---|---|---|---|"]
     for model, what, planned, measured in rows:
@@ -195,13 +283,17 @@ def table(title: str, rows: list[tuple], unit: int, name: str) -> str:
 
 
 def main(parts: list[str]) -> None:
-    parts = parts or ["t5", "causal", "gpu"]
+    parts = parts or ["t5", "causal", "encoder", "gpu"]
     if "t5" in parts:
         print(table("CPU, T5 (this machine; real steps, tensor bytes counted)", cpu_rows(), MIB, "MiB"))
         print()
     if "causal" in parts:
         print(table("CPU, decoder-only (this machine; real steps, tensor bytes counted)", causal_cpu_rows(), MIB,
                     "MiB"))
+        print()
+    if "encoder" in parts:
+        print(table("CPU, the reward model on its own encoder (this machine; real steps, tensor bytes counted)",
+                    encoder_cpu_rows(), MIB, "MiB"))
         print()
     if "gpu" in parts:
         print(table("GPU (H200, measured by benchmarks/gpu.py; peak of the whole process's tensors)", gpu_rows(), GIB,

@@ -6,9 +6,14 @@ Per stage, the peak is the sum of what is held at that moment:
               embeddings, lm_head, norms and the rest in the compute dtype. Read off the model itself, built
               from its config on the meta device, so any family (T5, Llama, Qwen2, GPT-2) plans by one path
   adapters    the LoRA roles that exist in that stage (fp32), and their scalar heads
+  reward model  a reward model on its own encoder (`reward.model`), in the stages that hold the reward role:
+              its weights as held (unquantized below 1B parameters unless reward.quantization says otherwise)
+              and its LoRA adapter; the `reward` role is then no adapter on the base. Its training step is the
+              reward stage's step; its scoring pass (no gradients) one of the rollout's frozen passes
   step        one training step of the stage, traced on PyTorch's meta device through lorahf's own code
-              (`sft.response_loss`, the reward's scores and loss, PPO's policy + value minibatch pass):
-              activations kept for backward, their gradients, the adapters' gradients and AdamW's two
+              (`sft.response_loss`, the reward's scores and loss on the base or through `EncoderReward.forward`,
+              PPO's policy + value minibatch pass): activations kept for backward, their gradients, the trained
+              weights' gradients (adapters, or every weight of a fully fine-tuned encoder) and AdamW's two
               states. On a GPU, attention is modelled as PyTorch's memory-efficient kernel (it keeps q, k, v,
               the bias mask, the output and the log-sum-exp, never the full attention matrix).
   rollout     PPO and evaluation: generation's key/value caches (T5: self-attention over the response and
@@ -21,6 +26,7 @@ Validated against measured peaks in BENCHMARKS.md ("Memory planner").
 
 from __future__ import annotations
 
+import copy
 import json
 import weakref
 from contextlib import contextmanager
@@ -37,6 +43,7 @@ from lorahf.stages import registry
 
 GIB = 2 ** 30
 FP32 = 4
+REWARD_MODEL = "reward model"  # the part a reward model on its own encoder holds: its weights (and LoRA adapter)
 
 
 @dataclass
@@ -58,17 +65,25 @@ def plan(recipe, device: str = "cuda", padded: bool = True, exact: bool = False)
     quiet_libraries()
     config = model_config(recipe.model.name, recipe.model.make_tiny_from, recipe.model.make_tiny_family)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    shape = Shape(config, dtype, device, padded)
+    held = {stage: registry.held_roles(recipe, stage) for stage in recipe.stages}
+    # The reward role, where a stage holds it, may be a reward model on its own encoder beside the base instead of an
+    # adapter on it: loaded by the reward stage, or by the first later stage that reads the run's reward model.
+    on_encoder = recipe.reward is not None and recipe.reward.model is not None and any(REWARD in roles
+                                                                                      for roles in held.values())
+    encoder = RewardEncoder(recipe, dtype, device, padded) if on_encoder else None
+    shape = Shape(config, dtype, device, padded, encoder)
     base = base_bytes(config, recipe.model.quantization, dtype)
 
     def traced(measure) -> int:
-        return by_layers(config, lambda layers: measure(Shape(layers, dtype, device, padded)), exact)
+        return by_layers(config, lambda layers: measure(Shape(layers, dtype, device, padded, encoder)), exact)
 
     plans = []
     for stage in recipe.stages:
+        adapters = [role for role in held[stage] if not (encoder and role == REWARD)]
         parts = {"base": base,
-                 "adapters": sum(shape.lora_bytes(getattr(recipe.lora, lora_settings_of(role)))
-                                 for role in registry.held_roles(recipe, stage))}
+                 "adapters": sum(shape.lora_bytes(getattr(recipe.lora, lora_settings_of(role))) for role in adapters)}
+        if encoder and REWARD in held[stage]:
+            parts[REWARD_MODEL] = encoder.weight_bytes()
         parts.update(registry.get(stage).function("plan_memory")(shape, recipe, traced))
         plans.append(StageMemory(stage, parts))
     return plans
@@ -108,8 +123,6 @@ def depths(config) -> dict[str, int]:
 
 def with_depths(config, stacks: dict[str, int]):
     """A copy of `config` with other depths; a per-layer list (Qwen2's `layer_types`) is cut to match."""
-    import copy
-
     shallow = copy.deepcopy(config)
     for name, depth in stacks.items():
         setattr(shallow, name, depth)
@@ -186,13 +199,24 @@ def published_config(name: str):
 
 # ----------------------------------------------------------------------------------------- weights
 def base_bytes(config, quantization: str, dtype: torch.dtype, tied: bool | None = None) -> int:
-    """The base's weights as `Backbone.load` holds them, read off the model built on the meta device: the linear
-    layers bitsandbytes converts (`quantized_linears`) as int8 + an fp32 scale per output row, or NF4 + its block
-    scales; every other parameter and buffer (embeddings, lm_head, norms, T5's `wo`, biases) as built.
+    """The base's weights as `Backbone.load` holds them, read off the model built on the meta device (`held_bytes`).
     `tied`: count lm_head as sharing the embedding matrix or not, whatever the config says (None: as built;
     T5 ties it unless the config leaves decoder outputs unscaled, as Flan-T5 and T5 v1.1 do)."""
     model = meta_model(config, dtype)
-    quantized = quantized_linears(model) if quantization in ("8bit", "4bit") else {}
+    kept = held_bytes(model, quantization, quantized_linears(model) if quantization in ("8bit", "4bit") else {})
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if tied is None and getattr(config, "is_encoder_decoder", False):
+        tied = getattr(config, "scale_decoder_outputs", True)
+    built_tied = head is not None and head.weight is embeddings.weight
+    if tied is not None and tied != built_tied:
+        kept += _bytes(embeddings.weight) * (1 if not tied else -1)
+    return kept
+
+
+def held_bytes(model, quantization: str, quantized: dict[str, torch.nn.Module]) -> int:
+    """A model's parameters and buffers as loaded: the linear layers bitsandbytes converts (`quantized`) as int8 + an
+    fp32 scale per output row, or NF4 + its block scales; every other parameter and buffer (embeddings, lm_head,
+    norms, T5's `wo`, biases, LoRA weights) as built."""
     converted = {id(module.weight) for module in quantized.values()}
     weights = sum(module.weight.numel() for module in quantized.values())
     rows = sum(_in_out(module)[1] for module in quantized.values())
@@ -203,14 +227,8 @@ def base_bytes(config, quantization: str, dtype: torch.dtype, tied: bool | None 
         linear_bytes = weights // 2 + blocks + FP32 * (blocks // 256 + 1)
     else:
         linear_bytes = 0
-    kept = sum(_bytes(t) for t in list(model.parameters()) + list(model.buffers()) if id(t) not in converted)
-    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
-    if tied is None and getattr(config, "is_encoder_decoder", False):
-        tied = getattr(config, "scale_decoder_outputs", True)
-    built_tied = head is not None and head.weight is embeddings.weight
-    if tied is not None and tied != built_tied:
-        kept += _bytes(embeddings.weight) * (1 if not tied else -1)
-    return linear_bytes + kept
+    return linear_bytes + sum(_bytes(t) for t in list(model.parameters()) + list(model.buffers())
+                              if id(t) not in converted)
 
 
 def meta_model(config, dtype: torch.dtype):
@@ -264,8 +282,10 @@ def cache_dims(config) -> tuple[int, int]:
 class Shape:
     """The model's shape on the meta device, to trace what a step allocates."""
 
-    def __init__(self, config, dtype: torch.dtype, device: str, padded: bool = True):
+    def __init__(self, config, dtype: torch.dtype, device: str, padded: bool = True,
+                 reward_model: RewardEncoder | None = None):
         self.config, self.dtype, self.device, self.padded = config, dtype, device, padded
+        self.reward_model = reward_model  # `reward.model`: the reward stage trains it, PPO scores with it
         self.size = torch.tensor([], dtype=dtype).element_size()
         self.encoder_decoder = getattr(config, "is_encoder_decoder", False)  # else: no encoder states to keep
         self._lora_widths: dict[tuple, int] = {}
@@ -292,18 +312,11 @@ class Shape:
         from lorahf.backbone import Backbone, ScalarHead
 
         model = meta_model(self.config, self.dtype)
-        _register_planned_attention()
-        # on a GPU, sdpa runs the memory-efficient kernel (modelled); on the CPU, PyTorch's own sdpa (traced, its
-        # flash kernel called by name where the CPU runs it)
-        attention = ("lorahf_planned" if self.device == "cuda" else "lorahf_sdpa") + ("" if self.padded else "_full")
-        for module in model.modules():  # T5's encoder and decoder stacks hold their own copies of the config
-            if hasattr(module, "config"):
-                module.config._attn_implementation = attention
+        _use_planned_attention(model, self.device, self.padded)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         if getattr(recipe.model, "quantization", "none") == "8bit":
-            for module in quantized_linears(model).values():
-                module.forward = partial(_int8_linear, module)
+            _as_int8(quantized_linears(model))
         if recipe.model.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         backbone = Backbone(model, _Tokens(), recipe.model.name, "none", torch.device("meta"))
@@ -315,15 +328,8 @@ class Shape:
             head = ScalarHead(self.config.hidden_size).to("meta")
             head._buffers.update(offset=torch.zeros(()), likelihood=torch.tensor(likelihood))  # read as numbers
             backbone.heads[role] = head
-        if self.device != "cuda":
+        with _kernels_of(self.device):
             yield backbone
-            return
-        dropout = torch.nn.functional.dropout
-        torch.nn.functional.dropout = _fused_dropout  # what dropout keeps on a GPU: a 1-byte mask
-        try:
-            yield backbone
-        finally:
-            torch.nn.functional.dropout = dropout
 
     def trace_step(self, recipe, role: str, loss, head: bool = False) -> int:
         """One training step of `role`'s adapter (and head), in train mode: `loss(backbone)` is the stage's own
@@ -344,15 +350,17 @@ class Shape:
 
     def trace_reward(self, recipe, sequences: int) -> int:
         """One reward step on `sequences` responses, two to a prompt (pairwise preferences): the stage's own
-        scoring and loss (`reward.score_responses`, `reward.group_loss`), the batch collated inside as there."""
+        scoring and loss (`reward.score_responses`, `reward.group_loss`), the batch collated inside as there; the
+        reward adapter on this base, or the reward model on its own encoder (`RewardEncoder.trace_step`)."""
         from lorahf.reward_model import SharedReward
-        from lorahf.stages.reward import Groups, group_loss, score_responses
+        from lorahf.stages.reward import group_loss, score_responses
 
-        prompts = sequences // 2
+        if self.reward_model is not None:
+            return self.reward_model.trace_step(recipe, sequences)
         item = ([0] * recipe.max_prompt_tokens, [0] * recipe.max_response_tokens)
-        groups = Groups([[item] * 2] * prompts, [[(0, 1)]] * prompts)
+        groups, prompts = _pairs(item, sequences)
         return self.trace_step(recipe, REWARD, lambda backbone: group_loss(
-            score_responses(SharedReward(backbone, recipe), groups, list(range(prompts))), groups.pairs,
+            score_responses(SharedReward(backbone, recipe), groups, prompts), groups.pairs,
             recipe.reward.margin), head=True)
 
     def trace_ppo_update(self, recipe, rows: int, batch_size: int) -> int:
@@ -389,7 +397,11 @@ class Shape:
         return cache + encoder + logits + self._frozen_pass(batch, prompt, response)
 
     def _frozen_pass(self, batch: int, prompt: int, response: int) -> int:
+        """The largest pass without gradients over the batch: a role on the base reading it, or (it runs at another
+        moment) the reward model on its own encoder scoring it, `SCORE_BATCH` answers at a time."""
         from types import SimpleNamespace
+
+        from lorahf.reward_model import SCORE_BATCH
 
         recipe = SimpleNamespace(model=SimpleNamespace(name="plan", gradient_checkpointing=False),
                                  lora=SimpleNamespace(reward=_PlainLora(self.encoder_decoder)))
@@ -400,7 +412,10 @@ class Shape:
             def read():
                 with torch.no_grad():
                     backbone.sequence_scores(data)
-            return _peak(read)
+            on_base = _peak(read)
+        if self.reward_model is None:
+            return on_base
+        return max(on_base, self.reward_model.trace_scoring(min(batch, SCORE_BATCH)))
 
     def batch(self, rows: int, prompt: int, response: int):
         from lorahf.data import Seq2SeqBatch
@@ -411,10 +426,131 @@ class Shape:
                             torch.full((rows,), response, dtype=torch.long, device="meta"))
 
 
+class RewardEncoder:
+    """The reward model on its own encoder (`reward.model`: lorahf.reward_model.EncoderReward, a one-label sequence
+    classifier beside the base) on the meta device: its weights as held, and its passes traced through
+    `EncoderReward.forward`, the reward stage's own scoring and loss."""
+
+    def __init__(self, recipe, dtype: torch.dtype, device: str, padded: bool = True):
+        from lorahf.reward_model import check_classifier, resolve_quantization
+
+        spec = recipe.reward
+        self.tuning = "none" if not spec.train else "full" if spec.full_finetune else "lora"  # as EncoderReward.load
+        try:
+            config = copy.deepcopy(model_config(spec.model, spec.make_tiny_from, "encoder"))
+        except LorahfError as error:
+            raise LorahfError(f"reward.model {error.message}", hint=error.hint) from None
+        check_classifier(spec.model, config, trained=self.tuning == "none")
+        config.num_labels = 1  # EncoderReward.load asks for one label
+        self.config, self.dtype, self.device, self.padded = config, dtype, device, padded
+        self.name, self.lora = spec.model, recipe.lora.reward
+        self.quantization = resolve_quantization(spec.quantization, config, recipe.model.quantization)
+        # The planning length of a (prompt, response) pair, in the encoder's tokens: the base's limits on both
+        # and 3 special tokens ([CLS] prompt [SEP] response [SEP]), capped by the encoder's position table
+        # (EncoderReward cuts pairs there). An estimate: the encoder tokenizes the texts itself, and nothing
+        # cuts a prompt at max_prompt_tokens of its own tokens.
+        positions = getattr(config, "max_position_embeddings", None) or 512
+        self.length = min(recipe.max_prompt_tokens + recipe.max_response_tokens + 3, positions)
+        self._peaks: dict = {}  # what was traced; a base's shallow copies all ask for the same step
+
+    def weight_bytes(self) -> int:
+        """Its weights as held (int8 or NF4 where quantized) with its LoRA adapter: `EncoderReward.memory_bytes`."""
+        if "weights" not in self._peaks:
+            model, quantized = self._model()
+            self._peaks["weights"] = held_bytes(model, self.quantization, quantized)
+        return self._peaks["weights"]
+
+    def trace_step(self, recipe, sequences: int) -> int:
+        """One training step on `sequences` answers, two to a prompt: `reward.score_responses` and `reward.group_loss`
+        through `EncoderReward.forward`, its backward pass and AdamW's states (LoRA: the adapter's and the
+        classifier's; full: every weight's). Used as given (`train: false`), the stage only scores: held-out pairs
+        `sequences` at a time, its centring answers `reward.SCORE_BATCH` at a time."""
+        from lorahf.stages.reward import SCORE_BATCH, group_loss, score_responses
+
+        if self.tuning == "none":
+            return self.trace_scoring(max(sequences, SCORE_BATCH))
+        key = ("step", sequences)
+        if key not in self._peaks:
+            groups, prompts = _pairs(self._item(), sequences)
+            with self.reward() as reward:
+                reward.set_trainable(REWARD)
+                reward.model.train()
+                parameters = reward.parameters(REWARD)
+                self._peaks[key] = _peak(lambda: _train_step(group_loss(
+                    score_responses(reward, groups, prompts), groups.pairs, recipe.reward.margin), parameters))
+        return self._peaks[key]
+
+    def trace_scoring(self, rows: int) -> int:
+        """`EncoderReward.score_items` over `rows` answers in one batch (eval mode, no gradients): PPO's scorer."""
+        key = ("scoring", rows)
+        if key not in self._peaks:
+            with self.reward() as reward:
+                self._peaks[key] = _peak(lambda: reward.score_items([self._item()] * rows, rows))
+        return self._peaks[key]
+
+    @contextmanager
+    def reward(self):
+        """An EncoderReward of the encoder on the meta device, built as `EncoderReward.load` builds it."""
+        from lorahf.reward_model import EncoderReward
+
+        model, quantized = self._model()
+        if self.quantization == "8bit":
+            _as_int8(quantized)
+        with _kernels_of(self.device):
+            yield EncoderReward(model, _PairTokens(), self.name, self.tuning, torch.device("meta"), self.quantization)
+
+    def _model(self):
+        """The classifier on the meta device as loaded (its attention as planned, LoRA added for tuning lora), and
+        its layers bitsandbytes converts when quantized."""
+        from transformers import AutoModelForSequenceClassification
+
+        from lorahf.reward_model import _with_lora
+
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(self.config, dtype=self.dtype)
+        _use_planned_attention(model, self.device, self.padded)
+        quantized = quantized_linears(model) if self.quantization in ("8bit", "4bit") else {}
+        for parameter in model.parameters():
+            parameter.requires_grad_(self.tuning == "full")
+        if self.tuning == "lora":
+            with torch.device("meta"):
+                model = _with_lora(model, self.lora, None)
+        return model, quantized
+
+    def _item(self) -> dict[str, list[int]]:
+        """One pair encoding of the planning length, as the encoder's tokenizer gives it (what `_PairTokens` pads)."""
+        keys = ["input_ids", "attention_mask"] + (["token_type_ids"] if getattr(self.config, "type_vocab_size", 0) > 1
+                                                  else [])  # BERT marks the response with token type 1; RoBERTa not
+        return {key: [0] * self.length for key in keys}
+
+
+def _pairs(item, sequences: int):
+    """`sequences` answers as pairwise preferences, two to a prompt (the data's shape is known only once its files
+    are read): the reward stage's Groups of `item`, and the indices of its prompts."""
+    from lorahf.stages.reward import Groups
+
+    prompts = sequences // 2
+    return Groups([[item] * 2] * prompts, [[(0, 1)]] * prompts), list(range(prompts))
+
+
 class _Tokens:
     """What a Backbone reads of its tokenizer while tracing."""
 
     pad_token_id, eos_token_id = 0, 1
+
+
+class _PairTokens:
+    """What an EncoderReward reads of its tokenizer while tracing: `pad` makes the batch's tensors on the meta device."""
+
+    model_max_length = None
+
+    @staticmethod
+    def pad(items, return_tensors: str = "pt"):
+        from transformers import BatchEncoding
+
+        length = max(len(item["input_ids"]) for item in items)
+        return BatchEncoding({key: torch.zeros(len(items), length, dtype=torch.long, device="meta")
+                              for key in items[0]})
 
 
 class _PlainLora:
@@ -429,10 +565,10 @@ class _PlainLora:
 
 def _train_step(loss: torch.Tensor, parameters: list[torch.nn.Parameter]) -> None:
     loss.backward()
-    for parameter in parameters:  # AdamW's two fp32 states, made at the first step
+    for parameter in parameters:  # AdamW's two states, made at the first step (torch: of each parameter's dtype)
         if parameter.grad is not None:
-            parameter.exp_avg = torch.zeros_like(parameter, dtype=torch.float32)
-            parameter.exp_avg_sq = torch.zeros_like(parameter, dtype=torch.float32)
+            parameter.exp_avg = torch.zeros_like(parameter)
+            parameter.exp_avg_sq = torch.zeros_like(parameter)
 
 
 def _peak(step) -> int:
@@ -493,6 +629,36 @@ def _int8_linear(module, input):
         return torch.nn.functional.linear(input, weight, module.bias)
     return _KeepsInput.apply(input, weight, module.bias)
 
+
+
+def _as_int8(quantized: dict[str, torch.nn.Module]) -> None:
+    """The layers bitsandbytes converts to int8 run as `_int8_linear` (what its matmul keeps for backward)."""
+    for module in quantized.values():
+        module.forward = partial(_int8_linear, module)
+
+
+def _use_planned_attention(model, device: str, padded: bool) -> None:
+    """On a GPU, sdpa runs the memory-efficient kernel (modelled); on the CPU, PyTorch's own sdpa (traced, its flash
+    kernel called by name where the CPU runs it). `padded`: batches need a padding mask."""
+    _register_planned_attention()
+    attention = ("lorahf_planned" if device == "cuda" else "lorahf_sdpa") + ("" if padded else "_full")
+    for module in model.modules():  # T5's encoder and decoder stacks hold their own copies of the config
+        if hasattr(module, "config"):
+            module.config._attn_implementation = attention
+
+
+@contextmanager
+def _kernels_of(device: str):
+    """Inside, dropout keeps what it keeps on `device`: on a GPU a fused kernel's 1-byte mask (`_fused_dropout`)."""
+    if device != "cuda":
+        yield
+        return
+    dropout = torch.nn.functional.dropout
+    torch.nn.functional.dropout = _fused_dropout
+    try:
+        yield
+    finally:
+        torch.nn.functional.dropout = dropout
 
 
 def _fused_dropout(input, p=0.5, training=True, inplace=False):
@@ -653,8 +819,6 @@ def _get(raw: dict, key: str):
 
 
 def _with(raw: dict, key: str, value) -> dict:
-    import copy
-
     changed = copy.deepcopy(raw)
     node = changed
     *parents, last = key.split(".")

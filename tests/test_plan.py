@@ -194,3 +194,101 @@ def test_a_base_that_is_not_there_fails_at_once_in_one_line(tmp_path, monkeypatc
     assert time.monotonic() - start < 5
     assert str(error.value).startswith(expected) and "\n" not in str(error.value)
     assert plan.model_config("google/flan-t5-large").d_model == 1024
+
+
+# ------------------------------------------------------------------------ the reward model on its own encoder
+def _encoder_recipe(base, encoder, full=False, pairs=4, prompt=64, response=16):
+    """sft, reward, ppo and evaluate on `base`, the reward model on its own `encoder` (None: the adapter on the base)."""
+    return recipes.validate({
+        "name": "plan", "model": {"name": str(base), "quantization": "8bit"},
+        "max_prompt_tokens": prompt, "max_response_tokens": response, "stages": ["sft", "reward", "ppo", "evaluate"],
+        "sft": {"data": {"files": ["unused.jsonl"]}, "batch_size": 8},
+        "reward": {"data": {"files": ["unused.jsonl"]}, "batch_size": pairs, "full_finetune": full,
+                   "model": str(encoder) if encoder else None},
+        "ppo": {"data": {"files": ["unused.jsonl"]}, "batch_size": 8, "minibatch_size": 4}, "evaluate": {}})
+
+
+def _loaded_encoder(recipe):
+    from lorahf.reward_model import EncoderReward
+
+    return EncoderReward.load(recipe.reward.model, recipe.reward, recipe.lora.reward, recipe.model.quantization,
+                              torch.device("cpu"))
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_reward_model_on_its_own_encoder_is_planned_as_loaded_and_no_reward_adapter(tiny_model_dir,
+                                                                                       tiny_encoder_dir, full):
+    """With reward.model, the stages that hold the reward role (reward, ppo, evaluate) hold the encoder as
+    EncoderReward.load holds it (its weights, and its LoRA adapter with peft's copy of the classifier), and no
+    reward adapter on the base: their adapters are those of the same recipe without it, less one reward adapter."""
+    with_encoder = {s.stage: s.parts for s in plan.plan(_encoder_recipe(tiny_model_dir, tiny_encoder_dir, full), "cpu")}
+    shared_recipe = _encoder_recipe(tiny_model_dir, None)
+    shared = {s.stage: s.parts for s in plan.plan(shared_recipe, "cpu")}
+    held = _loaded_encoder(_encoder_recipe(tiny_model_dir, tiny_encoder_dir, full)).memory_bytes()
+    reward_adapter = plan.Shape(plan.model_config(str(tiny_model_dir)), torch.float32, "cpu").lora_bytes(
+        shared_recipe.lora.reward)
+
+    assert plan.REWARD_MODEL not in with_encoder["sft"] and with_encoder["sft"] == shared["sft"]
+    for stage in ("reward", "ppo", "evaluate"):
+        assert with_encoder[stage][plan.REWARD_MODEL] == held, stage
+        assert with_encoder[stage]["adapters"] == shared[stage]["adapters"] - reward_adapter, stage
+        assert plan.REWARD_MODEL not in shared[stage]
+    assert with_encoder["reward"]["step"] != shared["reward"]["step"]  # the encoder's step, not the adapter's
+
+
+def test_a_fully_fine_tuned_encoders_step_holds_every_weights_gradient_and_adamw_states(tiny_encoder_dir):
+    """Full fine-tuning keeps a gradient and AdamW's two states of every weight (3x the weights, fp32 on the CPU);
+    LoRA keeps them for its adapter and the classifier only. On one short pair, where activations are small, the
+    full step is the larger. (At the quickstart's 16 pairs of 163 tokens it is the other way round, measured:
+    each adapted layer keeps its own dropout mask and dropped input; BENCHMARKS.md.)"""
+    steps = {}
+    for full in (False, True):
+        recipe = _encoder_recipe("unused", tiny_encoder_dir, full, pairs=1, prompt=8, response=4)
+        steps[full] = plan.RewardEncoder(recipe, torch.float32, "cpu").trace_step(recipe, 2)
+    weights = sum(p.numel() * p.element_size() for p in _loaded_encoder(recipe).model.parameters())
+    assert steps[True] >= 3 * weights
+    assert steps[False] < weights < steps[True]
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_planned_reward_step_on_its_own_encoder_is_what_the_real_step_allocates_on_the_cpu(tiny_encoder_dir, full):
+    """The planner traces the reward stage's scoring and loss through EncoderReward.forward on the meta device; the
+    tiny BERT loaded as the stage loads it, running the same step and AdamW's first update (training.update),
+    allocates as much; likewise PPO's scoring pass (LoRA: the same weights read without gradients)."""
+    from lorahf.stages.reward import Groups, group_loss, score_responses
+    from lorahf.training import make_optimizer, update
+
+    recipe = _encoder_recipe("unused", tiny_encoder_dir, full)
+    encoder = plan.RewardEncoder(recipe, torch.float32, "cpu", padded=False)
+    reward = _loaded_encoder(recipe)
+    ids = [2] + [5] * recipe.max_prompt_tokens + [3] + [6] * recipe.max_response_tokens + [3]
+    assert len(ids) == encoder.length
+    item = {"input_ids": ids, "attention_mask": [1] * len(ids),
+            "token_type_ids": [0] * (recipe.max_prompt_tokens + 2) + [1] * (recipe.max_response_tokens + 1)}
+    pairs = recipe.reward.batch_size
+    groups = Groups([[item, item]] * pairs, [[(0, 1)]] * pairs)
+    reward.set_trainable("reward")
+    reward.model.train()
+    parameters = reward.parameters("reward")
+    optimizer, scheduler = make_optimizer(parameters, recipe.reward, 10)
+    measured = plan._peak(lambda: update(group_loss(score_responses(reward, groups, list(range(pairs))), groups.pairs,
+                                                    0.0), optimizer, scheduler, parameters, 1.0, "reward", 1))
+    assert encoder.trace_step(recipe, 2 * pairs) == pytest.approx(measured, rel=0.01)
+    measured = plan._peak(lambda: reward.score_items([item] * 8, 8))
+    assert encoder.trace_scoring(8) == pytest.approx(measured, rel=0.01)
+
+
+def test_the_encoder_quickstart_plans_before_its_models_exist_as_after(tiny_model_dir, tiny_encoder_dir, tmp_path,
+                                                                        monkeypatch, no_network):
+    """recipes/quickstart-encoder-reward.yaml on a fresh checkout: models/tiny-t5 and models/tiny-bert are built by
+    the first run (model.make_tiny_from, reward.make_tiny_from); `plan` knows both configs without building them
+    or asking a hub, and plans to the byte what it plans once they are built."""
+    monkeypatch.chdir(tmp_path)  # no models/ here
+    quickstart = REPO / "recipes" / "quickstart-encoder-reward.yaml"
+    before = plan.plan(recipes.load(quickstart))
+    after = plan.plan(recipes.load(quickstart, [f"model.name={tiny_model_dir}", f"reward.model={tiny_encoder_dir}"]))
+    assert [(s.stage, s.parts) for s in before] == [(s.stage, s.parts) for s in after]
+    assert [plan.REWARD_MODEL in s.parts for s in before] == [False, True, True, True]
+    result = CliRunner().invoke(main, ["plan", str(quickstart)])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "models").exists()  # planned, not built
