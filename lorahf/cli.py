@@ -285,19 +285,23 @@ def plan(recipe: str, gpu_memory: str | None, overrides: tuple[str, ...]) -> Non
       lorahf plan recipes/flan-t5-xl.yaml --gpu-memory 12GiB
     """
     from lorahf import recipe as recipes
-    from lorahf.plan import GIB, advise, needed, parse_memory, plan as plan_memory
+    from lorahf.plan import GIB, REWARD_MODEL, advise, needed, parse_memory, plan as plan_memory
 
     loaded = recipes.load(recipe, list(overrides))
     budget = parse_memory(gpu_memory) if gpu_memory else None
     stages = plan_memory(loaded)
     table = Table(title=f"{recipe}: {loaded.model.name}, {loaded.model.quantization}, prompts {loaded.max_prompt_tokens}"
                         f" + responses {loaded.max_response_tokens} tokens (GiB, peak per stage)", header_style="bold")
-    for column in ("stage", "base", "adapters", "training step", "generation", "peak") + (("fits",) if budget else ()):
-        table.add_column(column, justify="left" if column == "stage" else "right")
+    columns = [("base", "base"), ("adapters", "adapters")]
+    if any(REWARD_MODEL in stage.parts for stage in stages):
+        columns.append(("reward model", REWARD_MODEL))
+    columns += [("training step", "step"), ("generation", "rollout")]
+    for title in ("stage", *(title for title, _ in columns), "peak") + (("fits",) if budget else ()):
+        table.add_column(title, justify="left" if title == "stage" else "right")
     advice = []
     for stage in stages:
         cells = [stage.stage] + [f"{stage.parts[k] / GIB:.2f}" if k in stage.parts else "-"
-                                 for k in ("base", "adapters", "step", "rollout")] + [f"{stage.total / GIB:.2f}"]
+                                 for _, k in columns] + [f"{stage.total / GIB:.2f}"]
         if budget:
             fits = needed(stage) <= budget
             cells.append("[green]yes[/green]" if fits else "[red]no[/red]")

@@ -504,17 +504,18 @@ class RewardEncoder:
         its layers bitsandbytes converts when quantized."""
         from transformers import AutoModelForSequenceClassification
 
-        from lorahf.reward_model import _with_lora
+        from lorahf.reward_model import CLASSIFIER_MODULES, with_lora
 
         with torch.device("meta"):
             model = AutoModelForSequenceClassification.from_config(self.config, dtype=self.dtype)
         _use_planned_attention(model, self.device, self.padded)
-        quantized = quantized_linears(model) if self.quantization in ("8bit", "4bit") else {}
+        quantized = {name: module for name, module in quantized_linears(model).items()  # the head stays unquantized
+                     if name.split(".")[0] not in CLASSIFIER_MODULES} if self.quantization in ("8bit", "4bit") else {}
         for parameter in model.parameters():
             parameter.requires_grad_(self.tuning == "full")
         if self.tuning == "lora":
             with torch.device("meta"):
-                model = _with_lora(model, self.lora, None)
+                model = with_lora(model, self.lora, None)
         return model, quantized
 
     def _item(self) -> dict[str, list[int]]:

@@ -32,6 +32,7 @@ ROLE = roles.REWARD
 MARKER = "reward_model.json"  # beside an encoder reward model's weights: {model, tuning, offset}
 SCORE_BATCH = 64
 SMALL = 1_000_000_000  # parameters: an encoder below this is held unquantized when reward.quantization is auto
+CLASSIFIER_MODULES = ["classifier", "score"]  # the heads peft trains whole (SEQ_CLS): never quantized
 
 _beside: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Backbone -> its EncoderReward, one per process
 
@@ -166,9 +167,12 @@ class EncoderReward:
             check_classifier(name, config, trained=tuning == "none" and saved is None)
             tokenizer = AutoTokenizer.from_pretrained(saved if tuning == "full" and saved else name)
             quantization = resolve_quantization(spec.quantization, config, base_quantization)
+            held = _quantization_config(quantization, device)
+            if held is not None:  # peft's trainable copy of an int8 classifier cannot run: keep the head unquantized
+                held.llm_int8_skip_modules = CLASSIFIER_MODULES
             model = AutoModelForSequenceClassification.from_pretrained(
                 saved if tuning == "full" and saved else name, num_labels=1, dtype=_compute_dtype(device),
-                device_map={"": str(device)}, quantization_config=_quantization_config(quantization, device))
+                device_map={"": str(device)}, quantization_config=held)
         except (OSError, ValueError) as error:
             raise LorahfError(f"reward.model {name}: cannot load it ({_first_line(error)})") from None
         if tokenizer.pad_token is None:
@@ -178,7 +182,7 @@ class EncoderReward:
         for parameter in model.parameters():
             parameter.requires_grad_(tuning == "full")
         if tuning == "lora":
-            model = _with_lora(model, lora, saved)
+            model = with_lora(model, lora, saved)
         reward = cls(model, tokenizer, name, tuning, device, quantization)
         if saved is not None:
             reward.offset = json.loads((saved / MARKER).read_text())["offset"]
@@ -355,7 +359,7 @@ def parameter_count(config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _with_lora(model, lora, saved: Path | None):
+def with_lora(model, lora, saved: Path | None):
     """A fresh LoRA adapter on every linear layer (peft keeps the classifier itself trainable and saved), or the
     one saved in `saved`."""
     from peft import LoraConfig, PeftModel, get_peft_model

@@ -60,7 +60,11 @@ def test_ppo_and_evaluate_score_with_the_encoder(encoder_run):
     recipe, result = encoder_run
     ppo, evaluate = result.metrics["ppo"], result.metrics["evaluate"]
     assert ppo["value_init"] == "sft"  # no reward adapter on the base to copy
-    assert ppo["reward_sft"] != ppo["reward_policy"]
+    folder = RunFolder(recipe.run_dir)
+    checked = [json.loads(line) for line in folder.samples_path("ppo").read_text().splitlines()]
+    encoder = EncoderReward.from_folder(folder.adapter_dir("reward"), recipe, torch.device("cpu"))
+    assert [row["reward"] for row in checked] == pytest.approx(  # PPO's held-out checks scored with the encoder
+        encoder.score([row["prompt"] for row in checked], [row["response"] for row in checked]), abs=1e-5)
     low, high = evaluate["win_rate_ci.reward"]
     assert low <= evaluate["win_rate.reward"] <= high
     samples = [json.loads(line) for line in (RunFolder(recipe.run_dir).samples_path("evaluate")).read_text().splitlines()]
@@ -174,3 +178,19 @@ def test_a_killed_encoder_reward_stage_resumes_from_its_checkpoint(tmp_path, tin
                               "--tolerance", "0", "--cwd", str(tmp_path)])
     assert result["kills"] == 1 and result["problems"] == [], result
     assert result["landed_in"][0].split()[0] == "reward" and int(result["resumed_at"][0].split()[1]) > 1, result
+
+
+def test_an_8bit_encoder_trains_with_its_classifier_unquantized(tiny_encoder_dir):
+    """reward.quantization 8bit: the encoder's linears are int8, its classifier (which peft trains whole) is not, and
+    a LoRA training step runs (an int8 classifier under peft's trainable copy cannot)."""
+    from lorahf.recipe import DataSpec, LoraSpec, RewardStage
+
+    spec = RewardStage(data=DataSpec(files=["unused.jsonl"]), model=str(tiny_encoder_dir), quantization="8bit")
+    reward = EncoderReward.load(str(tiny_encoder_dir), spec, LoraSpec(), "8bit", torch.device("cpu"))
+    kinds = {name: type(module).__name__ for name, module in reward.model.named_modules()}
+    assert "Linear8bitLt" in kinds.values() and not any("8bit" in kind for name, kind in kinds.items()
+                                                          if ".classifier" in name)
+    reward.set_trainable("reward")
+    reward.model.train()
+    reward.forward(reward.tokenize(["Rain in York.", "Falcons won."], ["Rain.", "Falcons."])).sum().backward()
+    assert all(p.grad is not None for p in reward.parameters("reward"))

@@ -105,7 +105,8 @@ STAGES: tuple[Stage, ...] = (
           levers=tuple((key.format(stage="sft"), how) for key, how in TRAINING_LEVERS)),
     Stage("reward", "RewardStage", needs=("sft",), creates=(roles.REWARD,), reads=(roles.SFT,), data="preference",
           data_from=(), memory_hint="lower reward.batch_size or max_response_tokens, or set "
-                                    "model.gradient_checkpointing: true",
+                                    "model.gradient_checkpointing: true (a separate reward.model: "
+                                    "reward.quantization 8bit, or LoRA instead of full_finetune)",
           levers=tuple((key.format(stage="reward"), how) for key, how in TRAINING_LEVERS)),
     Stage("ppo", "PPOStage", needs=("sft", "reward"), creates=(roles.POLICY, roles.VALUE),
           reads=(roles.SFT, roles.REWARD), data="prompts", data_from=(),
