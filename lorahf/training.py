@@ -140,10 +140,7 @@ def save_checkpoint(stage: str, backbone, folder, stage_hash: str, roles: tuple[
                     scheduler=None) -> None:
     """The adapters being trained (and their heads), the optimizer, the schedule (if any), the random state and the
     loop's state (a dataclass), in one atomic folder (written by the first process; every process calls this)."""
-    if not distributed.is_main():
-        distributed.barrier()
-        return
-    try:
+    def write() -> None:
         with atomic_path(folder.checkpoint_dir(stage)) as temp:
             temp.mkdir()
             for role in roles:
@@ -153,8 +150,8 @@ def save_checkpoint(stage: str, backbone, folder, stage_hash: str, roles: tuple[
                         "rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                        temp / CHECKPOINT_STATE)
-    finally:
-        distributed.barrier()
+
+    distributed.first_writes(write)
 
 
 def read_checkpoint(stage: str, backbone, folder, stage_hash: str, progress, roles: tuple[str, ...],
