@@ -144,14 +144,12 @@ def merge_reward(recipe, folder, out: Path, progress) -> MergeResult:
 def check_pairs(recipe) -> tuple[list[str], list[str]]:
     """(prompt, response) texts of the reward stage's first CHECK_PROMPTS held-out preferences, every response."""
     from lorahf.data import preference_format
-    from lorahf.stages.reward import group_rows
+    from lorahf.stages.reward import response_texts
     from lorahf.training import load_stage_data
 
     _, rows = load_stage_data(recipe.reward.data, "preference", recipe.seed)
     rows = rows.select(range(min(CHECK_PROMPTS, len(rows))))
-    groups, _, _ = group_rows(rows, preference_format(rows), (0.0, 1.0))
-    pairs = [(prompt, response) for prompt, group in zip(rows["prompt"], groups) for response in group]
-    return [p for p, _ in pairs], [r for _, r in pairs]
+    return response_texts(rows, preference_format(rows))
 
 
 def reward_card(recipe, folder, reward, checked: int) -> str:

@@ -169,6 +169,13 @@ def group_rows(rows, data_format: str, scale: tuple[float, float] | None):
     return [[r] for r in rows["response"]], [[] for _ in rows["response"]], [[(s - mean) / std] for s in rows["score"]]
 
 
+def response_texts(rows, data_format: str) -> tuple[list[str], list[str]]:
+    """Every (prompt, response) of preference rows of any format, row after row: two aligned lists of texts."""
+    responses, _, _ = group_rows(rows, data_format, (0.0, 1.0))
+    pairs = [(prompt, response) for prompt, group in zip(rows["prompt"], responses) for response in group]
+    return [p for p, _ in pairs], [r for _, r in pairs]
+
+
 def to_groups(rows, data_format: str, reward, scale: tuple[float, float] | None) -> Groups:
     """Preference rows of any format as groups of one prompt's responses, tokenized for `reward`."""
     responses, pairs, targets = group_rows(rows, data_format, scale)
@@ -255,9 +262,8 @@ def sft_responses(recipe, reward, train_rows, data_format: str) -> list:
         rows = load_rows(recipe.sft.data.files, "sft", recipe.sft.data.columns)
         rows = rows.select(range(min(CENTRING_ROWS, len(rows))))
         return reward.tokenize(list(rows["prompt"]), list(rows["response"]))
-    responses, _, _ = group_rows(train_rows, data_format, (0.0, 1.0))
-    pairs = [(p, r) for p, group in zip(train_rows["prompt"], responses) for r in group][:CENTRING_ROWS]
-    return reward.tokenize([p for p, _ in pairs], [r for _, r in pairs])
+    prompts, responses = response_texts(train_rows, data_format)
+    return reward.tokenize(prompts[:CENTRING_ROWS], responses[:CENTRING_ROWS])
 
 
 @torch.no_grad()
