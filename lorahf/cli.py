@@ -222,21 +222,100 @@ def judge(run_dir: str, judge_name: str, a: str, b: str, n: int, out: str) -> No
                   + " this time")
 
 
+def _web_options(command):
+    """--host, --port and --open, as `label` and `report --serve` take them."""
+    command = click.option("--open/--no-open", "open_browser", default=True, show_default=True,
+                           help="Open the page in this machine's browser, where it has one.")(command)
+    command = click.option("--port", default=0, show_default=True, help="Port to listen on (0: any free one).")(command)
+    host = click.option("--host", default="127.0.0.1", show_default=True,
+                        help="Address to listen on. Another than 127.0.0.1 lets other machines in (with the token).")
+    return host(command)
+
+
 @main.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--serve", is_flag=True, help="Also serve it as a web page, with the metrics live while a run goes on.")
+@_web_options
 @friendly
-def report(run_dir: str) -> None:
-    """Write RUN/report.md and its plots from what the run has done so far.
+def report(run_dir: str, serve: bool, host: str, port: int, open_browser: bool) -> None:
+    """Write RUN/report.md and its plots from what the run has done so far; with --serve, show it in the browser.
 
     \b
-    Example:
+    Examples:
       lorahf report runs/quickstart
+      lorahf report runs/quickstart --serve      # the report and live metrics at http://localhost:PORT/report
     """
     from lorahf.report import write_report
     from lorahf.runs import RunFolder, load_run
 
+    if serve:
+        from lorahf.web import Server
+
+        _serve(Server(load_run(run_dir).run_dir, None, host, port), open_browser)
+        return
     path = write_report(RunFolder(load_run(run_dir).run_dir))
     console.print(f"report: [bold]{path}[/bold]")
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--a", "a", help="One side of each pair: an adapter of evaluate's answers, or 'reference' "
+              "(default: the first challenger, e.g. policy).")
+@click.option("--b", "b", help="The other side (default: the baseline, e.g. sft; or the references).")
+@click.option("--prompts", type=click.Path(dir_okay=False), help="Sample fresh answers for the prompts of this "
+              "JSONL/JSON/CSV/Parquet file instead (the next round's data).")
+@click.option("--column", default="prompt", show_default=True, help="With --prompts: the file's prompt column.")
+@click.option("--max-prompts", type=int, help="With --prompts: the file's first N prompts only.")
+@click.option("--adapter", default="policy", show_default=True, help="With --prompts: the adapter that answers.")
+@click.option("--answers", default=2, show_default=True, help="With --prompts: answers per prompt (all paired).")
+@click.option("--temperature", default=1.0, show_default=True, help="With --prompts: sampling temperature.")
+@click.option("--name", help="Labels go to RUN/labels/NAME.jsonl (default: from the pairs, e.g. policy-vs-sft).")
+@click.option("--per-item", default=1, show_default=True, help="Annotators per pair; 2 or more measures agreement.")
+@_web_options
+@friendly
+def label(run_dir: str, a: str | None, b: str | None, prompts: str | None, column: str, max_prompts: int | None,
+          adapter: str, answers: int, temperature: float, name: str | None, per_item: int, host: str, port: int,
+          open_browser: bool) -> None:
+    """Label pairs of answers in your browser, blind and side by side; every choice is a preference row.
+
+    \b
+    Examples:
+      lorahf label runs/quickstart                       # evaluate's answers: policy vs sft
+      lorahf label runs/quickstart --prompts prompts.jsonl --max-prompts 100 --adapter policy --answers 2
+    Then list RUN/labels/NAME.jsonl under reward.data.files and rerun the reward stage and ppo.
+    """
+    from lorahf.label import prepare
+    from lorahf.progress import RichProgress
+    from lorahf.web import Server, need_web
+
+    need_web()  # before any answer is sampled
+    labels = prepare(run_dir, name=name, a=a, b=b, prompts=prompts, column=column, max_prompts=max_prompts,
+                     adapter=adapter, answers=answers, temperature=temperature, per_item=per_item,
+                     progress=RichProgress(errors))
+    found = labels.progress()
+    console.print(f"{found['items']} pairs ({escape(labels.source)}); labels go to [bold]{labels.path}[/bold] "
+                  f"({found['labelled']} of {found['total']} there already)")
+    _serve(Server(run_dir, labels, host, port), open_browser)
+    found = labels.progress()
+    agreement = (f", agreement {found['agreement']:.0%} on {found['shared_items']} shared pairs"
+                 if found["agreement"] is not None else "")
+    console.print(f"{found['labelled']} of {found['total']} labelled in [bold]{labels.path}[/bold]{agreement}")
+
+
+def _serve(server, open_browser: bool) -> None:
+    """Print the address (and open it where this machine has a browser), serve until Ctrl-C."""
+    import os
+    import webbrowser
+
+    if server.host not in ("127.0.0.1", "localhost", "::1"):
+        errors.print(f"[yellow]listening on {server.host}[/yellow]: anyone who can reach it and has the address "
+                     "(with its token) can use the page")
+    console.print(f"open [bold]{server.address}[/bold]  (Ctrl-C stops; every choice is saved as it is made)",
+                  soft_wrap=True)
+    has_display = sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if open_browser and has_display:
+        webbrowser.open(server.address)
+    server.serve()
 
 
 @main.command()
