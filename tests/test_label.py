@@ -233,7 +233,7 @@ def test_every_request_needs_the_token(server):
     assert "script-src 'self'" in headers["content-security-policy"] and headers["referrer-policy"] == "no-referrer"
     assert ask(server, f"?token={server.token}", token=False)[0] == 200  # the printed address carries it
     assert ask(server, "static/..%2F__init__.py")[0] == 404
-    assert server.address.startswith(f"http://localhost:{server.port}/?token=")
+    assert server.address.startswith(f"http://127.0.0.1:{server.port}/?token=")
 
 
 def test_the_api_labels_and_undoes(server, tmp_path):

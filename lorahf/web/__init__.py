@@ -62,7 +62,7 @@ class Server:
 
     @property
     def address(self) -> str:
-        shown = "localhost" if self.host in ("127.0.0.1", "localhost") else self.host
+        shown = f"[{self.host}]" if ":" in self.host else self.host  # 127.0.0.1, not localhost: that may be ::1
         return f"http://{shown}:{self.port}/{'' if self.labels is not None else 'report'}?token={self.token}"
 
     def serve(self) -> None:
