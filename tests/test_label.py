@@ -250,3 +250,61 @@ def test_the_api_labels_and_undoes(server, tmp_path):
     undone = json.loads(ask(server, "api/undo", who)[1])
     assert undone["item"]["item"] == shown["item"]["item"] and undone["progress"]["labelled"] == 0
     assert (tmp_path / "labels" / "l.jsonl").read_text() == ""
+
+
+def test_without_the_web_extra_one_line_says_what_to_install(monkeypatch):
+    from lorahf.web import need_web
+
+    monkeypatch.setitem(__import__("sys").modules, "uvicorn", None)  # as if not installed
+    with pytest.raises(LorahfError, match="needs uvicorn, which is not installed") as error:
+        need_web()
+    assert error.value.hint == "pip install 'lorahf[web]'"
+
+
+def serving(*args: str, cwd):
+    """`lorahf ARGS` as a person starts it: it prints its address and serves until Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from annotator import address_of
+
+    process = subprocess.Popen([sys.executable, "-m", "lorahf", *args, "--no-open"], cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "300"})
+    printed, deadline = "", time.time() + 120
+    while "token=" not in printed:
+        line = process.stdout.readline()
+        assert line or process.poll() is None, process.stderr.read()
+        assert time.time() < deadline
+        printed += line
+    base, token = address_of(printed)
+
+    def stop() -> str:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 0 and "Traceback" not in err, err
+        return printed + out
+    return base, token, stop
+
+
+def test_label_serves_a_run_with_only_sft_answers_and_stops_on_ctrl_c(tmp_path):
+    from annotator import label_all
+
+    run = write_run(tmp_path, sft=[{"prompt": f"p{i}", "response": f"s{i}", "reference": f"r{i}"} for i in range(3)])
+    base, token, stop = serving("label", str(run), cwd=tmp_path)
+    assert label_all(base, token, lambda prompt, left, right: "a" if left.startswith("r") else "b") == 3
+    printed = " ".join(stop().split())
+    assert "3 pairs (sft.jsonl: sft vs reference)" in printed and "3 of 3 labelled in" in printed
+    rows = [json.loads(line) for line in (run / "labels" / "sft-vs-reference.jsonl").read_text().splitlines()]
+    assert [r["chosen_by"] for r in rows] == ["reference"] * 3
+
+
+def test_report_serve_shows_the_report_page(tmp_path):
+    run = write_run(tmp_path, evaluate=[])
+    base, token, stop = serving("report", str(run), "--serve", cwd=tmp_path)
+    assert urllib.request.urlopen(f"{base}/report?token={token}", timeout=10).status == 200
+    with pytest.raises(urllib.error.HTTPError, match="403"):
+        urllib.request.urlopen(f"{base}/report", timeout=10)
+    stop()
