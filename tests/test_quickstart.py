@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -90,55 +91,59 @@ def test_quickstart_end_to_end(tmp_path):
     report = (dpo_run / "report.md").read_text()
     assert "| evaluate | ✓ | the gold judge prefers policy to sft |" in report and "## dpo" in report
 
-
-def test_causal_quickstart_end_to_end(tmp_path):
-    """recipes/quickstart-causal.yaml, as the README gives it: the same pipeline on a tiny Llama built locally, the same
-    check table, then its policy merged into the base and checked to answer exactly like the adapter."""
-    for folder in ("recipes", "examples"):
-        shutil.copytree(REPO / folder, tmp_path / folder)
-    lorahf = [sys.executable, "-m", "lorahf"]
-    done = subprocess.run(lorahf + ["run", "recipes/quickstart-causal.yaml"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=1500)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "✗" not in done.stdout, done.stdout
-    assert json.loads((tmp_path / "models" / "tiny-llama" / "config.json").read_text())["model_type"] == "llama"
-
-    run = tmp_path / "runs" / "quickstart-causal"
-    sft = json.loads((run / "stages" / "sft.json").read_text())["metrics"]
-    reward = json.loads((run / "stages" / "reward.json").read_text())["metrics"]
-    ppo = json.loads((run / "stages" / "ppo.json").read_text())["metrics"]
-    evaluate = json.loads((run / "stages" / "evaluate.json").read_text())["metrics"]
-    assert sft["train_loss_last"] < 0.3 * sft["train_loss_first"] and sft["eval_loss"] < 0.3 * sft["eval_loss_untrained"]
-    assert reward["gate"] == "pass" and reward["eval_accuracy"] >= 0.7
-    assert ppo["gold_win_rate_vs_sft"] > 0.5 and 0 < ppo["kl"] < ppo["kl_limit"]
-    assert evaluate["win_rate_ci.gold"][0] > 0.5, evaluate  # the gold judge prefers PPO to sft, interval above 0.5
-
-    merged = subprocess.run(lorahf + ["merge", "runs/quickstart-causal", "--adapter", "policy", "--out",
-                                      "merged/causal"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert merged.returncode == 0, merged.stderr[-2000:]
-    assert "16 of 16 held-out greedy answers identical" in " ".join(merged.stdout.split())
-    card = (tmp_path / "merged" / "causal" / "README.md").read_text()
-    assert "AutoModelForCausalLM" in card and "Seq2Seq" not in card
+    label_round(tmp_path, readme, run)
 
 
-def test_encoder_reward_quickstart_trains_its_reward_model(tmp_path):
-    """recipes/quickstart-encoder-reward.yaml's reward stage, as shipped: the tiny BERT built locally, a reward model
-    on it that passes its gate, merged into a plain classifier. (Its ppo stage is the quickstart's, scoring with this
-    model; the whole run and its comparison with the shared adapter: benchmarks/reward_models.py, BENCHMARKS.md.)"""
-    for folder in ("recipes", "examples"):
-        shutil.copytree(REPO / folder, tmp_path / folder)
-    lorahf = [sys.executable, "-m", "lorahf"]
-    done = subprocess.run(lorahf + ["run", "recipes/quickstart-encoder-reward.yaml", "--stage", "reward"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "✗" not in done.stdout, done.stdout
-    assert json.loads((tmp_path / "models" / "tiny-bert" / "config.json").read_text())["model_type"] == "bert"
-    run = tmp_path / "runs" / "quickstart-encoder-reward"
-    reward = json.loads((run / "stages" / "reward.json").read_text())["metrics"]
-    assert reward["model"] == "encoder" and reward["gate"] == "pass" and reward["eval_accuracy"] >= 0.7, reward
-    assert reward["eval_pairs"] == 250
+def label_round(tmp_path: Path, readme: str, run: Path) -> None:
+    """The README's labelling loop on the quickstart's run: its `lorahf label` line samples pairs of the policy's
+    answers, a scripted annotator who follows the gold judge labels them through the page's HTTP calls, and a reward
+    round with those labels added agrees with the gold judge on held-out pairs of the policy's answers more often than
+    the round before it. Both rounds train on 200 of the bundled preference rows for 6 epochs at lr 3e-4 (the
+    quickstart's own reward model, on all 2,250 rows, agrees 0.93 already and moved less than its noise with 200 to
+    500 more labels: see the README)."""
+    import signal
+    import time
 
-    merged = subprocess.run(lorahf + ["merge", "runs/quickstart-encoder-reward", "--adapter", "reward", "--out",
-                                      "merged/reward"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert merged.returncode == 0, merged.stderr[-2000:]
-    assert "32 of 32 held-out scores equal to the run's" in " ".join(merged.stdout.split())
+    sys.path[:0] = [str(REPO / "tests"), str(REPO / "examples" / "summaries")]
+    import gold
+    from annotator import address_of, label_all, reward_accuracy
+
+    from lorahf.label import sample_items
+
+    block = re.search(r"<!-- label-commands -->\n```bash\n(.*?)\n```", readme, re.S).group(1)
+    install, label, rerun = block.splitlines()
+    assert install == "pip install -e '.[web]'"  # the test extra has it already
+    process = subprocess.Popen([sys.executable, "-m", "lorahf", *shlex.split(label)[1:], "--no-open"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "COLUMNS": "300"})
+    printed, deadline = "", time.time() + 300
+    while "token=" not in printed:
+        line = process.stdout.readline()
+        assert line or process.poll() is None, process.stderr.read()[-2000:]
+        assert time.time() < deadline, printed
+        printed += line
+    labelled = label_all(*address_of(printed), gold.compare)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-2000:]
+    files = re.search(r"reward\.data\.files=\[(.*)\]", rerun).group(1).split(", ")
+    labels = tmp_path / files[1]
+    assert labels.parent == run / "labels" and len(labels.read_text().splitlines()) == labelled > 300
+    assert f"{labelled} of {labelled} labelled in" in " ".join(out.split())
+
+    small = tmp_path / "preferences-200.jsonl"
+    small.write_text("".join((tmp_path / files[0]).read_text().splitlines(keepends=True)[:200]))
+    held_out = [json.loads(line)["document"] for line in (tmp_path / "examples/summaries/data/test.jsonl").open()]
+    pairs = sample_items(run, held_out, "policy", 3, temperature=1.5, seed=7)
+    agreement = []
+    for data in ([small], [small, labels]):
+        step = ["run", "recipes/quickstart.yaml", "--stage", "reward", "--set", "reward.epochs=6",
+                "--set", "reward.learning_rate=3e-4", "--set", f"reward.data.files=[{', '.join(map(str, data))}]"]
+        done = subprocess.run([sys.executable, "-m", "lorahf", *step], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        agreement.append(reward_accuracy(run, pairs, gold.compare))
+    (before, counted), (after, _) = agreement
+    print(f"label round: {labelled} labels; agreement with the gold judge on {counted} held-out pairs of the policy's "
+          f"answers: {before:.3f} before, {after:.3f} after")
+    assert after > before + 0.03
