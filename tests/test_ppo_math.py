@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lorahf.ppo.math import (AdaptiveKLController, gae, kl_estimate, policy_loss, token_rewards, value_loss,
-                             whiten)
+from lorahf.ppo.math import (AdaptiveKLController, gae, grpo_advantages, kl_estimate, policy_loss, rloo_advantages,
+                             sequence_to_tokens, token_rewards, value_loss, whiten)
 
 
 def _ragged(seed: int, batch: int = 4, width: int = 7):
@@ -164,3 +164,49 @@ def test_losses_of_the_parts_of_a_minibatch_add_up_to_the_minibatch_loss():
         assert torch.allclose(sum(stats[key] for _, stats in parts), whole_stats[key])
     assert torch.allclose(sum(value_loss(values[r], old_values[r], returns[r], mask[r], tokens=tokens)
                               for r in ([0, 3], [1, 2, 4], [5])), value_loss(values, old_values, returns, mask))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 6), prompts=st.integers(1, 5))
+def test_rloo_baseline_is_the_mean_of_the_other_answers_to_the_same_prompt(seed, k, prompts):
+    scores = torch.randn(prompts * k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    advantages = rloo_advantages(scores, k)
+    for i in range(prompts * k):
+        group = range(i // k * k, i // k * k + k)
+        others = [scores[j] for j in group if j != i]
+        assert torch.isclose(advantages[i], scores[i] - sum(others) / len(others))
+    # the answer's own score never enters its baseline: raising it raises its advantage one for one
+    bumped = scores.clone()
+    bumped[0] += 1.0
+    assert torch.isclose(rloo_advantages(bumped, k)[0] - advantages[0], torch.tensor(1.0, dtype=torch.float64))
+    assert torch.allclose(advantages.view(-1, k).sum(1), torch.zeros(prompts, dtype=torch.float64), atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 6), prompts=st.integers(1, 5))
+def test_grpo_advantages_have_mean_zero_and_unit_spread_per_group(seed, k, prompts):
+    scores = torch.randn(prompts * k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 3 + 1
+    groups = grpo_advantages(scores, k, eps=0.0).view(-1, k)
+    assert torch.allclose(groups.mean(1), torch.zeros(prompts, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(groups.std(1), torch.ones(prompts, dtype=torch.float64), atol=1e-6)
+    assert torch.equal(grpo_advantages(torch.full((2 * k,), 3.0), k), torch.zeros(2 * k))  # alike: no signal
+
+
+def test_critic_free_estimators_refuse_one_answer_per_prompt_in_one_line():
+    for estimator in (rloo_advantages, grpo_advantages):
+        try:
+            estimator(torch.zeros(4), 1)
+        except ValueError as error:
+            assert "at least 2 answers per prompt" in str(error) and "\n" not in str(error)
+        else:
+            raise AssertionError(f"{estimator.__name__} took k = 1")
+        try:
+            estimator(torch.zeros(5), 2)
+        except ValueError as error:
+            assert "do not split into groups of 2" in str(error)
+
+
+def test_a_sequence_advantage_goes_to_every_real_token_and_none_to_padding():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert torch.equal(sequence_to_tokens(torch.tensor([2.0, -1.0]), mask), torch.tensor([[2.0, 2.0, 0.0],
+                                                                                         [-1.0, 0.0, 0.0]]))

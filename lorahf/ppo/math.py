@@ -65,6 +65,39 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
+def grouped(scores: torch.Tensor, answers_per_prompt: int, estimator: str) -> torch.Tensor:
+    """`scores` [B] as [prompts, k]: the k answers to one prompt are consecutive rows. One line for a k that cannot
+    give a baseline (one answer has no others to compare with) or that does not divide the batch."""
+    if answers_per_prompt < 2:
+        raise ValueError(f"{estimator} needs at least 2 answers per prompt (answers_per_prompt is "
+                         f"{answers_per_prompt}): an answer's baseline comes from the other answers to its prompt")
+    if scores.shape[0] % answers_per_prompt:
+        raise ValueError(f"{scores.shape[0]} answers do not split into groups of {answers_per_prompt}")
+    return scores.view(-1, answers_per_prompt)
+
+
+def rloo_advantages(scores: torch.Tensor, answers_per_prompt: int) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al., 2024, "Back to Basics"): an answer's advantage is its score minus
+    the mean score of the other k-1 answers to the same prompt. Unbiased (the baseline never sees the answer it
+    judges), no value model. [B] -> [B]."""
+    groups = grouped(scores, answers_per_prompt, "rloo")
+    others = (groups.sum(1, keepdim=True) - groups) / (answers_per_prompt - 1)
+    return (groups - others).reshape(-1)
+
+
+def grpo_advantages(scores: torch.Tensor, answers_per_prompt: int, eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages (Shao et al., 2024, DeepSeekMath's GRPO): each answer's score standardised within
+    its prompt's group, (s - mean) / (std + eps); a group whose answers all scored alike gets 0. [B] -> [B]."""
+    groups = grouped(scores, answers_per_prompt, "grpo")
+    mean, std = groups.mean(1, keepdim=True), groups.std(1, keepdim=True)
+    return ((groups - mean) / (std + eps)).reshape(-1)
+
+
+def sequence_to_tokens(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A critic-free estimator's one advantage per answer, given to every token of that answer ([B] -> [B, T])."""
+    return advantages[:, None] * mask
+
+
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, clip: float = 0.2,
                 tokens: torch.Tensor | float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
