@@ -243,7 +243,7 @@ def report(run_dir: str, serve: bool, host: str, port: int, open_browser: bool) 
     \b
     Examples:
       lorahf report runs/quickstart
-      lorahf report runs/quickstart --serve      # the report and live metrics at http://localhost:PORT/report
+      lorahf report runs/quickstart --serve      # the report and live metrics at http://127.0.0.1:PORT/report
     """
     from lorahf.report import write_report
     from lorahf.runs import RunFolder, load_run
@@ -310,8 +310,8 @@ def _serve(server, open_browser: bool) -> None:
     if server.host not in ("127.0.0.1", "localhost", "::1"):
         errors.print(f"[yellow]listening on {server.host}[/yellow]: anyone who can reach it and has the address "
                      "(with its token) can use the page")
-    console.print(f"open [bold]{server.address}[/bold]  (Ctrl-C stops; every choice is saved as it is made)",
-                  soft_wrap=True)
+    saved = "; every choice is saved as it is made" if server.labels is not None else ""
+    console.print(f"open [bold]{server.address}[/bold]  (Ctrl-C stops{saved})", soft_wrap=True)
     has_display = sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     if open_browser and has_display:
         webbrowser.open(server.address)

@@ -175,6 +175,7 @@ class Labels:
         self.path, self.source, self.per_item, self.seed = Path(path), source, per_item, seed
         self.lease_s, self.clock = lease_s, clock
         self.rows = self._read()
+        self.annotators_of = self._index()  # item -> who labelled it: `next` asks for every item
         self.leases: dict[str, tuple[str, float]] = {}  # item -> (tab, until)
         self.skipped: dict[str, set[str]] = {}  # annotator -> items skipped in this session
         self.lock = threading.Lock()
@@ -220,6 +221,7 @@ class Labels:
                 handle.flush()
                 os.fsync(handle.fileno())
             self.rows.append(row)
+            self.annotators_of.setdefault(item_id, []).append(annotator)
             self.leases.pop(item_id, None)
             return row
 
@@ -239,6 +241,7 @@ class Labels:
                 return None
             row = self.rows.pop(last)
             write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows))
+            self.annotators_of = self._index()
             self.leases = {i: lease for i, lease in self.leases.items() if lease[0] != tab}
             item_id = row["item"]
             if item_id in self.items:
@@ -287,12 +290,15 @@ class Labels:
                                   "annotator)", hint="give another --name, or mend the line") from None
         return rows
 
-    def _labels_of(self, item_id: str) -> list[dict]:
-        return [row for row in self.rows if row.get("item") == item_id]
+    def _index(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for row in self.rows:
+            found.setdefault(row.get("item"), []).append(row["annotator"])
+        return found
 
     def _open_to(self, item_id: str, annotator: str) -> bool:
-        labels = self._labels_of(item_id)
-        return len(labels) < self.per_item and all(row["annotator"] != annotator for row in labels)
+        annotators = self.annotators_of.get(item_id, ())
+        return len(annotators) < self.per_item and annotator not in annotators
 
     def _leased_elsewhere(self, item_id: str, tab: str, now: float) -> bool:
         owner, until = self.leases.get(item_id, (tab, 0.0))
