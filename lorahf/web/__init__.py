@@ -104,42 +104,13 @@ def _listen(host: str, port: int) -> socket.socket:
 
 # ----------------------------------------------------------------------------------------------- the app
 def build_app(run_dir: Path, labels, token: str):
+    """The pages, their files, the labelling API (with `labels`) and /report, all behind the token."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
-    from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+    from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse
     from starlette.routing import Route
 
     from lorahf.web import report
-
-    if labels is not None:
-        from lorahf.label import Conflict
-
-    class Guard:
-        """403 without the token; the safety headers on every answer (a plain ASGI middleware)."""
-
-        def __init__(self, app):
-            self.app = app
-
-        async def __call__(self, scope, receive, send):
-            if scope["type"] == "lifespan":  # the server's own start and stop; every request is checked
-                return await self.app(scope, receive, send)
-            from starlette.requests import HTTPConnection
-
-            request = HTTPConnection(scope)
-            given = request.query_params.get("token") or request.headers.get(TOKEN_HEADER) or ""
-            extra = [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
-
-            async def send_with_headers(message):
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", []), *extra]
-                await send(message)
-
-            if not secrets.compare_digest(given.encode(), token.encode()):
-                if scope["type"] != "http":  # a websocket (none is served today) is refused as firmly
-                    return await send({"type": "websocket.close", "code": 1008})
-                answer = PlainTextResponse("403: this page needs the token of the address lorahf printed\n", 403)
-                return await answer(scope, receive, send_with_headers)
-            return await self.app(scope, receive, send_with_headers)
 
     def page(name: str) -> HTMLResponse:
         html = (STATIC / name).read_text(encoding="utf-8")
@@ -151,16 +122,71 @@ def build_app(run_dir: Path, labels, token: str):
         return page("label.html")
 
     async def static(request):
-        name = request.path_params["name"]
-        path = (STATIC / name).resolve()
+        path = (STATIC / request.path_params["name"]).resolve()
         if path.parent != STATIC.resolve() or not path.is_file() or path.suffix not in MEDIA_TYPES:
             return PlainTextResponse("not found\n", 404)
         return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])  # never guessed: nosniff would refuse a wrong one
 
-    def labelling(handler):
-        async def endpoint(request):
-            if labels is None:
-                return JSONResponse({"error": "this server shows the report only"}, 404)
+    routes = [Route("/", home), Route("/static/{name}", static),
+              *(label_routes(labels, run_dir) if labels is not None else []), *report.routes(run_dir, page)]
+    return Starlette(routes=routes, middleware=[Middleware(Guard, token=token)])
+
+
+class Guard:
+    """403 without the token; the safety headers on every answer (a plain ASGI middleware)."""
+
+    def __init__(self, app, token: str):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":  # the server's own start and stop; every request is checked
+            return await self.app(scope, receive, send)
+        from starlette.requests import HTTPConnection
+        from starlette.responses import PlainTextResponse
+
+        request = HTTPConnection(scope)
+        given = request.query_params.get("token") or request.headers.get(TOKEN_HEADER) or ""
+        extra = [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        if not secrets.compare_digest(given.encode(), self.token.encode()):
+            if scope["type"] != "http":  # a websocket (none is served today) is refused as firmly
+                return await send({"type": "websocket.close", "code": 1008})
+            answer = PlainTextResponse("403: this page needs the token of the address lorahf printed\n", 403)
+            return await answer(scope, receive, send_with_headers)
+        return await self.app(scope, receive, send_with_headers)
+
+
+def label_routes(labels, run_dir: Path) -> list:
+    """/api/next, choose, skip, undo, release: each takes the annotator and the tab (query or JSON body) and answers
+    with the tab's item, the progress and where the labels go; 409 (with the next item) for an item taken meanwhile."""
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from lorahf.label import Conflict
+
+    def state(annotator: str, tab: str, shown: dict | None = None) -> dict:
+        return {"item": shown or labels.next(annotator, tab), "progress": labels.progress(annotator),
+                "file": _relative(labels.path, run_dir), "source": labels.source}
+
+    def choose(asked: dict, annotator: str, tab: str) -> dict:
+        labels.choose(annotator, tab, str(asked.get("item")), str(asked.get("choice")))
+        return state(annotator, tab)
+
+    def skip(asked: dict, annotator: str, tab: str) -> dict:
+        labels.skip(annotator, tab, str(asked.get("item")))
+        return state(annotator, tab)
+
+    def release(asked: dict, annotator: str, tab: str) -> dict:
+        labels.release(tab)
+        return {}
+
+    def endpoint(handler):
+        async def answer(request):
             body = {}
             if request.method == "POST":
                 try:
@@ -170,39 +196,23 @@ def build_app(run_dir: Path, labels, token: str):
                 if not isinstance(body, dict):
                     return JSONResponse({"error": "the body is not a JSON object"}, 400)
             asked = {**request.query_params, **body}
-            annotator = str(asked.get("annotator", "")).strip()[:MAX_NAME]
-            tab = str(asked.get("tab", ""))[:64]
+            annotator, tab = str(asked.get("annotator", "")).strip()[:MAX_NAME], str(asked.get("tab", ""))[:64]
             if not annotator or not tab:
                 return JSONResponse({"error": "annotator and tab are needed"}, 400)
             try:
-                found = handler(asked, annotator, tab)
+                return JSONResponse(handler(asked, annotator, tab))
             except Conflict as error:
                 return JSONResponse({"error": error.message, **state(annotator, tab)}, 409)
             except LorahfError as error:
                 return JSONResponse({"error": error.message}, 400)
-            return JSONResponse(found)
-        return endpoint
+        return answer
 
-    def state(annotator: str, tab: str, undone: dict | None = None) -> dict:
-        shown = undone or labels.next(annotator, tab)
-        return {"item": shown, "progress": labels.progress(annotator), "file": _relative(labels.path, run_dir),
-                "source": labels.source}
-
-    routes = [
-        Route("/", home),
-        Route("/static/{name}", static),
-        Route("/api/next", labelling(lambda asked, who, tab: state(who, tab))),
-        Route("/api/choose", labelling(lambda asked, who, tab: (
-            labels.choose(who, tab, str(asked.get("item")), str(asked.get("choice"))), state(who, tab))[1]),
-            methods=["POST"]),
-        Route("/api/skip", labelling(lambda asked, who, tab: (
-            labels.skip(who, tab, str(asked.get("item"))), state(who, tab))[1]), methods=["POST"]),
-        Route("/api/undo", labelling(lambda asked, who, tab: {**state(who, tab, labels.undo(who, tab))}),
-              methods=["POST"]),
-        Route("/api/release", labelling(lambda asked, who, tab: (labels.release(tab), {})[1]), methods=["POST"]),
-        *report.routes(run_dir, page),
-    ]
-    return Starlette(routes=routes, middleware=[Middleware(Guard)])
+    return [Route("/api/next", endpoint(lambda asked, annotator, tab: state(annotator, tab))),
+            Route("/api/choose", endpoint(choose), methods=["POST"]),
+            Route("/api/skip", endpoint(skip), methods=["POST"]),
+            Route("/api/undo", endpoint(lambda asked, annotator, tab: state(annotator, tab, labels.undo(annotator, tab))),
+                  methods=["POST"]),
+            Route("/api/release", endpoint(release), methods=["POST"])]
 
 
 def _relative(path: Path, run_dir: Path) -> str:
