@@ -32,6 +32,7 @@ from typing import Callable
 
 from lorahf import roles
 from lorahf.errors import LorahfError
+from lorahf.runs import append_line
 
 OUTCOMES = ("a", "b", "tie")
 REWARD = roles.REWARD  # the built-in judge's name, and the adapter it reads
@@ -330,20 +331,11 @@ class PreferenceFile:
         return bool(_keys(item["prompt"], item["a"], item["b"], item.get("a_by"), item.get("b_by")) & self.judged)
 
     def append(self, item: dict, judgement: Judgement, judge: str) -> None:
-        won_by_b = judgement.outcome == "b"
-        row = {"prompt": item["prompt"],
-               "chosen": item["b"] if won_by_b else item["a"], "rejected": item["a"] if won_by_b else item["b"],
-               "tie": judgement.outcome == "tie", "judge": judge,
-               "chosen_by": item.get("b_by" if won_by_b else "a_by"),
-               "rejected_by": item.get("a_by" if won_by_b else "b_by")}
+        row = preference_row(item, judgement.outcome, judge)
         if judgement.note:
             row["note"] = judgement.note
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.offsets.append(self.path.stat().st_size if self.path.exists() else 0)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_line(self.path, json.dumps(row, ensure_ascii=False))
         self.judged |= _keys(item["prompt"], item["a"], item["b"], item.get("a_by"), item.get("b_by"))
 
     def undo(self) -> bool:
@@ -356,6 +348,16 @@ class PreferenceFile:
             handle.truncate(self.offsets.pop())
         self.judged -= _keys(row["prompt"], row["chosen"], row["rejected"], row.get("chosen_by"), row.get("rejected_by"))
         return True
+
+
+def preference_row(item: dict, outcome: str, judge: str) -> dict:
+    """A verdict on an item ({prompt, a, b, a_by, b_by}) as the pairwise row the reward stage reads: the winner as
+    chosen (a tie: a's answer, `tie: true`, not trained on), and which adapters wrote each."""
+    won_by_b = outcome == "b"
+    return {"prompt": item["prompt"], "chosen": item["b"] if won_by_b else item["a"],
+            "rejected": item["a"] if won_by_b else item["b"], "tie": outcome == "tie", "judge": judge,
+            "chosen_by": item.get("b_by" if won_by_b else "a_by"),
+            "rejected_by": item.get("a_by" if won_by_b else "b_by")}
 
 
 def _keys(prompt: str, first: str, second: str, first_by: str | None, second_by: str | None) -> set[tuple]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import random
 import re
 import threading
@@ -30,7 +29,8 @@ from pathlib import Path
 
 from lorahf.errors import LorahfError
 from lorahf.report import read_jsonl
-from lorahf.runs import RunFolder, write_text
+from lorahf.judge import preference_row
+from lorahf.runs import RunFolder, append_line, write_text
 
 REFERENCE = "reference"  # the data's own answer, a side of a pair like any adapter
 CHOICES = ("left", "right", "tie")
@@ -208,18 +208,10 @@ class Labels:
             item = self.items[item_id]
             left_is_a = self._left_is_a(item_id, annotator)
             outcome = "tie" if choice == "tie" else "a" if (choice == "left") == left_is_a else "b"
-            won_by_b = outcome == "b"
-            row = {"prompt": item.prompt, "chosen": item.b if won_by_b else item.a,
-                   "rejected": item.a if won_by_b else item.b, "tie": outcome == "tie",
-                   "chosen_by": item.b_by if won_by_b else item.a_by,
-                   "rejected_by": item.a_by if won_by_b else item.b_by,
-                   "judge": "human", "annotator": annotator, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                   "item": item_id, "source": self.source, "shown_left": "a" if left_is_a else "b"}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            row = {**preference_row(item.__dict__, outcome, "human"), "annotator": annotator,
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "item": item_id, "source": self.source,
+                   "shown_left": "a" if left_is_a else "b"}
+            append_line(self.path, json.dumps(row, ensure_ascii=False))
             self.rows.append(row)
             self.annotators_of.setdefault(item_id, []).append(annotator)
             self.leases.pop(item_id, None)
@@ -240,7 +232,7 @@ class Labels:
             if last is None:
                 return None
             row = self.rows.pop(last)
-            write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows))
+            self._rewrite(self.rows)
             self.annotators_of = self._index()
             self.leases = {i: lease for i, lease in self.leases.items() if lease[0] != tab}
             item_id = row["item"]
@@ -284,11 +276,15 @@ class Labels:
                 rows.append(row)
             except (json.JSONDecodeError, KeyError, AttributeError):
                 if number == len(lines) and not text.endswith("\n"):
-                    write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                    self._rewrite(rows)
                     break
                 raise LorahfError(f"{self.path}: line {number} is not a label row (prompt, chosen, rejected, "
                                   "annotator)", hint="give another --name, or mend the line") from None
         return rows
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        """The file as exactly these rows, in one atomic replace."""
+        write_text(self.path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
     def _index(self) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}

@@ -76,6 +76,15 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append one line and flush it to disk, so a kill loses at most this line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -231,12 +240,7 @@ class RunFolder:
         """Append one line to metrics.jsonl and flush it to disk, so a kill loses at most this line."""
         if not distributed.is_main():
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"stage": stage, "step": step, **_finite(values)}, sort_keys=True)
-        with open(self.metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_line(self.metrics_path, json.dumps({"stage": stage, "step": step, **_finite(values)}, sort_keys=True))
         if self._tensorboard is not None:
             for name, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
