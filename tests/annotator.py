@@ -58,3 +58,29 @@ def reward_accuracy(run_dir, items, compare: Callable[[str, str, str], str]) -> 
         backbone.close()
     right = sum((a > b) == (outcome == "a") for (_, outcome), a, b in zip(decided, scores_a, scores_b))
     return right / len(decided), len(decided)
+
+
+def serving(*args: str, cwd, timeout: float = 120):
+    """`lorahf ARGS` as a person starts it: it prints its address and serves until Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "lorahf", *args, "--no-open"], cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "300"})
+    printed, deadline = "", time.time() + timeout
+    while "token=" not in printed:
+        line = process.stdout.readline()
+        assert line or process.poll() is None, process.stderr.read()[-2000:]
+        assert time.time() < deadline, printed
+        printed += line
+    base, token = address_of(printed)
+
+    def stop() -> str:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 0 and "Traceback" not in err, err[-2000:]
+        return printed + out
+    return base, token, stop

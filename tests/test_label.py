@@ -261,36 +261,8 @@ def test_without_the_web_extra_one_line_says_what_to_install(monkeypatch):
     assert error.value.hint == "pip install 'lorahf[web]'"
 
 
-def serving(*args: str, cwd):
-    """`lorahf ARGS` as a person starts it: it prints its address and serves until Ctrl-C."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from annotator import address_of
-
-    process = subprocess.Popen([sys.executable, "-m", "lorahf", *args, "--no-open"], cwd=cwd, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "300"})
-    printed, deadline = "", time.time() + 120
-    while "token=" not in printed:
-        line = process.stdout.readline()
-        assert line or process.poll() is None, process.stderr.read()
-        assert time.time() < deadline
-        printed += line
-    base, token = address_of(printed)
-
-    def stop() -> str:
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
-        assert process.returncode == 0 and "Traceback" not in err, err
-        return printed + out
-    return base, token, stop
-
-
 def test_label_serves_a_run_with_only_sft_answers_and_stops_on_ctrl_c(tmp_path):
-    from annotator import label_all
+    from annotator import label_all, serving
 
     run = write_run(tmp_path, sft=[{"prompt": f"p{i}", "response": f"s{i}", "reference": f"r{i}"} for i in range(3)])
     base, token, stop = serving("label", str(run), cwd=tmp_path)
@@ -302,6 +274,8 @@ def test_label_serves_a_run_with_only_sft_answers_and_stops_on_ctrl_c(tmp_path):
 
 
 def test_report_serve_shows_the_report_page(tmp_path):
+    from annotator import serving
+
     run = write_run(tmp_path, evaluate=[])
     base, token, stop = serving("report", str(run), "--serve", cwd=tmp_path)
     assert urllib.request.urlopen(f"{base}/report?token={token}", timeout=10).status == 200
