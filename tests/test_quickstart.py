@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -101,31 +100,20 @@ def label_round(tmp_path: Path, readme: str, run: Path) -> None:
     the round before it. Both rounds train on 200 of the bundled preference rows for 6 epochs at lr 3e-4 (the
     quickstart's own reward model, on all 2,250 rows, agrees 0.93 already and moved less than its noise with 200 to
     500 more labels: see the README)."""
-    import signal
-    import time
+    import contextlib
 
     sys.path[:0] = [str(REPO / "tests"), str(REPO / "examples" / "summaries")]
     import gold
-    from annotator import address_of, label_all, reward_accuracy
+    from annotator import label_all, reward_accuracy, serving
 
     from lorahf.label import sample_items
 
     block = re.search(r"<!-- label-commands -->\n```bash\n(.*?)\n```", readme, re.S).group(1)
     install, label, rerun = block.splitlines()
     assert install == "pip install -e '.[web]'"  # the test extra has it already
-    process = subprocess.Popen([sys.executable, "-m", "lorahf", *shlex.split(label)[1:], "--no-open"], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "COLUMNS": "300"})
-    printed, deadline = "", time.time() + 300
-    while "token=" not in printed:
-        line = process.stdout.readline()
-        assert line or process.poll() is None, process.stderr.read()[-2000:]
-        assert time.time() < deadline, printed
-        printed += line
-    labelled = label_all(*address_of(printed), gold.compare)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err[-2000:]
+    base, token, stop = serving(*shlex.split(label)[1:], cwd=tmp_path, timeout=300)
+    labelled = label_all(base, token, gold.compare)
+    out = stop()
     files = re.search(r"reward\.data\.files=\[(.*)\]", rerun).group(1).split(", ")
     labels = tmp_path / files[1]
     assert labels.parent == run / "labels" and len(labels.read_text().splitlines()) == labelled > 300
@@ -134,7 +122,8 @@ def label_round(tmp_path: Path, readme: str, run: Path) -> None:
     small = tmp_path / "preferences-200.jsonl"
     small.write_text("".join((tmp_path / files[0]).read_text().splitlines(keepends=True)[:200]))
     held_out = [json.loads(line)["document"] for line in (tmp_path / "examples/summaries/data/test.jsonl").open()]
-    pairs = sample_items(run, held_out, "policy", 3, temperature=1.5, seed=7)
+    with contextlib.chdir(tmp_path):  # the recipe names its base as models/tiny-t5, from where it was run
+        pairs = sample_items(run, held_out, "policy", 3, temperature=1.5, seed=7)
     agreement = []
     for data in ([small], [small, labels]):
         step = ["run", "recipes/quickstart.yaml", "--stage", "reward", "--set", "reward.epochs=6",
@@ -142,7 +131,8 @@ def label_round(tmp_path: Path, readme: str, run: Path) -> None:
         done = subprocess.run([sys.executable, "-m", "lorahf", *step], cwd=tmp_path, capture_output=True, text=True,
                               timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
-        agreement.append(reward_accuracy(run, pairs, gold.compare))
+        with contextlib.chdir(tmp_path):
+            agreement.append(reward_accuracy(run, pairs, gold.compare))
     (before, counted), (after, _) = agreement
     print(f"label round: {labelled} labels; agreement with the gold judge on {counted} held-out pairs of the policy's "
           f"answers: {before:.3f} before, {after:.3f} after")
