@@ -8,7 +8,8 @@ The shape, the same as ppo_trl_worker.py's:
               r16, alpha 32, dropout 0.05 on q, k, v, o, wi_0, wi_1, wo (`lorahf.recipe.LoraSpec()`): `sft`
               (the frozen reference), `reward` (frozen, with its scalar head), `policy` (a copy of sft) and
               `value` (a copy of reward, head included); policy and value train. The adapters are fresh
-              (lora_B = 0), so every role starts as the base, as TRL's single adapter does.
+              (lora_B = 0), so every role starts as the base, as TRL's single adapter does. With --advantage
+              rloo or grpo there is no value adapter, and the 16 answers are 4 prompts answered 4 times.
   prompts     "summarize: {document}" for each row of --data, `encode_prompts(..., 48)`: the first 47 tokens
               and EOS. Batch i takes the 16 prompts from position 16 i on, wrapping around, warm-up first.
   generation  sampling, temperature 1, top_k 0, at most 32 new tokens, all 16 prompts in one batch, in eval
@@ -39,6 +40,9 @@ TEMPLATE = "summarize: {prompt}"
 def main() -> None:
     parser = worker_parser(__doc__.split("\n")[0])
     parser.add_argument("--train-encoder", action="store_true", help="train the encoders' adapters too (as TRL does)")
+    parser.add_argument("--advantage", choices=("gae", "rloo", "grpo"), default="gae",
+                        help="ppo.advantage: rloo and grpo answer each of 4 prompts 4 times (16 answers, as gae's 16 "
+                             "prompts once each) and hold no value adapter")
     args = parser.parse_args()
 
     import torch
@@ -46,7 +50,7 @@ def main() -> None:
     from lorahf.backbone import Backbone
     from lorahf.data import encode_prompts
     from lorahf.reward_model import SharedReward
-    from lorahf.ppo.update import make_optimizer
+    from lorahf.ppo.update import make_optimizer, trained_roles
     from lorahf.recipe import DataSpec, LoraSpec, PPOStage
     from lorahf.stages.ppo import iterate
 
@@ -57,20 +61,22 @@ def main() -> None:
     backbone.add_adapter("sft", lora)
     backbone.add_adapter("reward", lora, head=True)
     backbone.copy_adapter("sft", "policy")
-    backbone.copy_adapter("reward", "value")
-    backbone.set_trainable("policy", "value")
+    spec = PPOStage(data=DataSpec(files=[args.data]), batch_size=BATCH, epochs=4, minibatch_size=4,
+                    temperature=1.0, top_k=0, train_encoder=args.train_encoder, advantage=args.advantage)
+    if spec.critic:
+        backbone.copy_adapter("reward", "value")
+    backbone.set_trainable(*trained_roles(spec))
 
     with open(args.data, encoding="utf-8") as handle:  # read as TRL's worker reads it: data loading is not timed
         texts = [json.loads(line)["document"] for line in handle if line.strip()]
     prompt_ids, _ = encode_prompts(backbone.tokenizer, texts, args.prompt_tokens, TEMPLATE)
-    spec = PPOStage(data=DataSpec(files=[args.data]), batch_size=BATCH, epochs=4, minibatch_size=4,
-                    temperature=1.0, top_k=0, train_encoder=args.train_encoder)
     optimizer = make_optimizer(backbone, spec)
     scorer = SharedReward(backbone, None)  # the reward adapter (its __call__ needs no recipe)
 
     timed: list[dict] = []
     for i in range(args.warmup + args.iterations):
-        rows_i = [(BATCH * i + j) % len(texts) for j in range(BATCH)]
+        prompts = BATCH // spec.answers  # each answered spec.answers times, consecutively
+        rows_i = [(prompts * i + j) % len(texts) for j in range(prompts) for _ in range(spec.answers)]
         numbers = iterate(backbone, [prompt_ids[r] for r in rows_i], [texts[r] for r in rows_i], scorer, spec,
                           spec.beta, optimizer, torch.Generator().manual_seed(args.seed + i), args.new_tokens, i + 1)
         if i >= args.warmup:
@@ -79,6 +85,7 @@ def main() -> None:
     print(json.dumps({
         "name": "ours",
         "train_encoder": args.train_encoder,
+        "advantage": args.advantage,
         "seconds": [n["seconds"] for n in timed],
         "generate_seconds": [n["seconds_generate"] for n in timed],
         "reward_seconds": [n["seconds_score"] for n in timed],

@@ -38,7 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from lorahf.errors import LorahfError
-from lorahf.roles import REWARD, lora_settings_of
+from lorahf.roles import REWARD, SCORING, lora_settings_of
 from lorahf.stages import registry
 
 GIB = 2 ** 30
@@ -365,34 +365,38 @@ class Shape:
 
     def trace_ppo_update(self, recipe, rows: int, batch_size: int) -> int:
         """One micro-batch of the PPO update (policy and value rows in one pass, an encoder-decoder's encoder outputs
-        reused: the update's own `policy_and_values`), plus what the rollout keeps for the update (those encoder
-        outputs; a decoder-only model keeps none). The losses on top are a few [B, R] tensors;
-        `update._loss_and_backward` itself reads numbers (`.item()`), which meta tensors do not have."""
-        from lorahf.ppo.update import policy_and_values
-        from lorahf.roles import POLICY, VALUE
+        reused: the update's own `policy_and_values`; the policy alone with a critic-free advantage), plus what the
+        rollout keeps for the update (those encoder outputs; a decoder-only model keeps none). The losses on top are
+        a few [B, R] tensors; `update._loss_and_backward` itself reads numbers (`.item()`), which meta tensors do
+        not have."""
+        from lorahf.ppo.update import policy_and_values, trained_roles
 
-        with self.backbone(recipe, (POLICY, VALUE), heads=(VALUE,)) as backbone:
-            backbone.set_trainable(POLICY, VALUE)
-            parameters = backbone.parameters(POLICY) + backbone.parameters(VALUE)
+        trained = trained_roles(recipe.ppo)
+        heads = tuple(role for role in trained if role in SCORING)
+        with self.backbone(recipe, trained, heads=heads) as backbone:
+            backbone.set_trainable(*trained)
+            parameters = [p for role in trained for p in backbone.parameters(role)]
             backbone.model.eval()
             batch = self.batch(rows, recipe.max_prompt_tokens, recipe.max_response_tokens)
             width = self.config.hidden_size * self.encoder_decoder
-            kept = 2 * batch_size * recipe.max_prompt_tokens * width * self.size
+            kept = len(trained) * batch_size * recipe.max_prompt_tokens * width * self.size
 
             def step():
-                states = torch.empty(2 * rows, recipe.max_prompt_tokens, width, dtype=self.dtype,
+                states = torch.empty(len(trained) * rows, recipe.max_prompt_tokens, width, dtype=self.dtype,
                                      device="meta") if self.encoder_decoder else None
-                logprobs, values = policy_and_values(backbone, batch, states, recipe.ppo.temperature)
-                _train_step(logprobs.sum() + values.sum(), parameters)
+                logprobs, values = policy_and_values(backbone, batch, states, recipe.ppo.temperature,
+                                                     recipe.ppo.critic)
+                _train_step(logprobs.sum() + (0 if values is None else values.sum()), parameters)
             return kept + _peak(step)
 
     def rollout_bytes(self, batch: int, prompt: int, response: int, keep_encoder_states: bool,
-                      keep_logits: bool) -> int:
-        """Generation's caches and kept tensors, plus the largest frozen pass over the batch (traced)."""
+                      keep_logits: bool, critic: bool = True) -> int:
+        """Generation's caches and kept tensors, plus the largest frozen pass over the batch (traced). Kept encoder
+        states: the policy's, and the value model's with a `critic`, besides the one being read."""
         config, size = self.config, self.size
         layers, width = cache_dims(config)
         cache = 2 * layers * batch * width * (response + prompt) * size  # a key and a value a token, every layer
-        encoder = batch * prompt * config.hidden_size * size * (3 if keep_encoder_states else 1) * self.encoder_decoder
+        encoder = batch * prompt * config.hidden_size * size * (1 + (1 + critic) * keep_encoder_states) * self.encoder_decoder
         logits = batch * response * config.vocab_size * FP32 * (2 if keep_logits else 1)
         return cache + encoder + logits + self._frozen_pass(batch, prompt, response)
 

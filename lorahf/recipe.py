@@ -178,10 +178,27 @@ class PPOStage(Section):
     """Where the value model starts: a copy of the reward adapter and its head (reward: it already scores answers), or
     a copy of sft with a fresh head (sft); auto takes reward when the reward model is the adapter on the shared base,
     sft when it is a separate encoder (reward.model) or a judge (reward_judge)."""
+    advantage: Literal["gae", "rloo", "grpo"] = "gae"
+    """How an answer's tokens learn how much better than expected they did. gae: a value model (an adapter and a scalar
+    head, trained alongside the policy) estimates each token's expected return, and generalised advantage estimation
+    (gamma, lam) compares. rloo (REINFORCE leave-one-out, Ahmadian et al. 2024): each prompt gets
+    `answers_per_prompt` answers, and an answer's advantage is its reward minus the mean reward of the prompt's other
+    answers. grpo (Shao et al. 2024): the rewards standardised within each prompt's answers. rloo and grpo need no
+    value model: no value adapter, head, pass or loss (less memory, faster iterations); every token of an answer
+    gets its answer's advantage."""
+    answers_per_prompt: int | None = Field(None, ge=1)
+    """Answers sampled per prompt in each rollout; an iteration answers batch_size / answers_per_prompt prompts.
+    None: 1 for gae, 4 for rloo and grpo (which need at least 2: an answer's baseline is the other answers)."""
+    kl_penalty: Literal["reward", "loss"] = "reward"
+    """Where the KL to sft is paid. reward: -beta times each token's KL estimate is added to the reward (Stiennon et
+    al.; rloo and grpo sum it into the answer's reward before comparing answers, as TRL's RLOO does). loss: the
+    rewards are the scores alone and beta times the per-token KL of the current policy is added to the policy loss
+    (GRPO's placement; needs kl_estimator k3: taken as a loss, its gradient is on average that of KL(sft || policy),
+    which holds the policy near sft, where k1's is zero on average)."""
     iterations: int = Field(100, ge=1)
-    """PPO iterations: each samples `batch_size` prompts, generates, scores and updates."""
+    """PPO iterations: each samples `batch_size` answers, scores them and updates."""
     batch_size: int = Field(16, ge=1)
-    """Prompts (and so responses) per iteration."""
+    """Answers per iteration: batch_size / answers_per_prompt prompts, each answered answers_per_prompt times."""
     epochs: int = Field(4, ge=1)
     """Passes over each iteration's responses (the paper's and TRL's 4)."""
     minibatch_size: int = Field(4, ge=1)
@@ -210,6 +227,16 @@ class PPOStage(Section):
     """Responses over which the adaptive controller moves beta by its full (clipped) error."""
     kl_estimator: Literal["k1", "k3"] = "k1"
     """Per-token KL estimate: k1 = log p - log q (the paper's), or k3 (never negative per token, lower variance)."""
+
+    @property
+    def answers(self) -> int:
+        """Answers per prompt, `answers_per_prompt` resolved."""
+        return self.answers_per_prompt or (1 if self.advantage == "gae" else 4)
+
+    @property
+    def critic(self) -> bool:
+        """Whether a value model trains beside the policy (gae)."""
+        return self.advantage == "gae"
     whiten_rewards: bool = False
     """Normalise each batch's token rewards to unit variance; off: the reward model is already centred by its offset."""
     whiten_advantages: bool = True
@@ -599,7 +626,12 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
             found.append(("dpo.adapter", f"ppo writes adapters/{name} too: set dpo.adapter to another name (e.g. "
                                          "dpo) to run both and compare them"))
     found += _reward_model_checks(recipe)
-    ppo = recipe.ppo
+    return found + _ppo_checks(recipe)
+
+
+def _ppo_checks(recipe: Recipe) -> list[tuple[str, str]]:
+    """Batch sizes that do not divide, held-out prompts, judges, and what the advantage estimator needs."""
+    ppo, found = recipe.ppo, []
     if ppo is not None:
         if ppo.batch_size % ppo.minibatch_size:
             found.append(("ppo.minibatch_size", f"must divide ppo.batch_size ({ppo.batch_size}), got {ppo.minibatch_size}"))
@@ -613,6 +645,16 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
         criteria = ["reward", "rouge_l", *recipe.judges]
         if ppo.best_by not in criteria:
             found.append(("ppo.best_by", f"must be one of {', '.join(criteria)}, got {ppo.best_by!r}"))
+        if not ppo.critic and ppo.answers < 2:
+            found.append(("ppo.answers_per_prompt", f"{ppo.advantage} needs at least 2 (an answer's baseline is the "
+                                                    f"other answers to its prompt), got {ppo.answers}"))
+        if ppo.batch_size % ppo.answers:
+            found.append(("ppo.answers_per_prompt", f"must divide ppo.batch_size ({ppo.batch_size}), got {ppo.answers}"))
+        if ppo.kl_penalty == "loss" and ppo.kl_estimator != "k3":
+            found.append(("ppo.kl_penalty", "loss needs kl_estimator: k3 (taken as a loss, k1 = log p - log q has a "
+                                            "gradient of zero on average: it would not hold the policy near sft)"))
+        if not ppo.critic and ppo.value_init != "auto":
+            found.append(("ppo.value_init", f"{ppo.advantage} trains no value model: leave value_init unset"))
     return found
 
 

@@ -292,3 +292,21 @@ def test_the_encoder_quickstart_plans_before_its_models_exist_as_after(tiny_mode
     result = CliRunner().invoke(main, ["plan", str(quickstart)])
     assert result.exit_code == 0 and "reward model" in result.output, result.output
     assert not (tmp_path / "models").exists()  # planned, not built
+
+
+def test_a_critic_free_update_is_planned_without_the_value_models_rows(tiny_model_dir):
+    """rloo trains the policy alone: its planned update step holds no value rows, activations or gradients, and no
+    value encoder states kept from the rollout: about half of gae's (one role's rows of two); the rollout keeps one
+    role's encoder states, not two."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    planned = {}
+    for advantage in ("gae", "rloo"):
+        recipe = recipes.load(REPO / "recipes" / "flan-t5-small.yaml", [f"model.name={tiny_model_dir}",
+                                                                       f"ppo.advantage={advantage}"])
+        shape = plan.Shape(config, torch.bfloat16, "cuda")
+        planned[advantage] = (shape.trace_ppo_update(recipe, 2, 4),
+                              shape.rollout_bytes(16, 64, 16, True, False, critic=recipe.ppo.critic))
+    assert planned["rloo"][0] == pytest.approx(planned["gae"][0] / 2, rel=0.05), planned
+    assert planned["rloo"][1] < planned["gae"][1], planned

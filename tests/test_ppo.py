@@ -63,6 +63,41 @@ def test_ppo_learns_a_hand_written_reward_with_kl_near_zero_at_first(tmp_path, t
     assert {s["iteration"] for s in samples} == {0, 5, 10, 15, 16}
 
 
+@pytest.mark.parametrize("advantage, placement", [("rloo", {}), ("grpo", {"kl_penalty": "loss", "kl_estimator": "k3"})])
+def test_critic_free_ppo_learns_the_reward_with_no_value_model(tmp_path, tiny_model_dir, advantage, placement):
+    """rloo (KL in the reward) and grpo (KL in the loss), 4 answers to each of 2 prompts per iteration: the score rises,
+    and no value adapter, head, loss or check exists anywhere (checkpoints included)."""
+    recipe = _recipe(tmp_path, tiny_model_dir, iterations=16, temperature=1.0, advantage=advantage,
+                     answers_per_prompt=4, **placement)
+    result = pipeline.run(recipe)
+    rows = _ppo_rows(recipe)
+    first, last = rows[:4], rows[-4:]
+    assert sum(r["score_mean"] for r in last) / 4 > sum(r["score_mean"] for r in first) / 4 + 0.5, \
+        [r["score_mean"] for r in rows]
+    assert abs(rows[0]["kl"]) < 1e-4
+    assert not {"value_loss", "explained_variance", "value_clip_fraction"} & set().union(*rows)
+    assert ("kl_loss" in rows[0]) == (advantage == "grpo")
+    metrics = result.metrics["ppo"]
+    assert metrics["advantage"] == advantage and metrics["answers_per_prompt"] == 4 and "value_init" not in metrics
+    assert metrics["count_win_rate_vs_sft"] > 0.5
+    adapters = RunFolder(recipe.run_dir).root / "adapters"
+    assert sorted(p.name for p in adapters.iterdir()) == ["policy", "policy-last", "sft"]
+
+
+def test_critic_free_settings_that_cannot_work_are_one_line_each(tmp_path, tiny_model_dir):
+    with pytest.raises(LorahfError) as error:
+        _recipe(tmp_path, tiny_model_dir, advantage="rloo", answers_per_prompt=1, kl_penalty="loss",
+                value_init="sft")
+    problems = error.value.problems
+    assert any("ppo.answers_per_prompt" in p and "rloo needs at least 2" in p for p in problems), problems
+    assert any("ppo.kl_penalty" in p and "kl_estimator: k3" in p for p in problems), problems
+    assert any("ppo.value_init" in p and "no value model" in p for p in problems), problems
+    with pytest.raises(LorahfError, match=r"ppo.answers_per_prompt.*must divide ppo.batch_size \(8\), got 3"):
+        _recipe(tmp_path, tiny_model_dir, advantage="grpo", answers_per_prompt=3)
+    assert _recipe(tmp_path, tiny_model_dir, advantage="grpo").ppo.answers == 4  # the default for a critic-free one
+    assert _recipe(tmp_path, tiny_model_dir).ppo.answers == 1
+
+
 def _fingerprint(tensors) -> str:
     digest = hashlib.sha256()
     for tensor in tensors:
@@ -109,10 +144,19 @@ def test_ppo_trains_policy_and_value_only(tmp_path, family_model_dir, family_bac
 
 def test_killed_mid_ppo_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run_does(
         tmp_path, family_model_dir, monkeypatch):
-    unbroken = _recipe(tmp_path, family_model_dir, name="unbroken", sft_steps=10, iterations=5, eval_every=5)
+    _kill_and_resume(tmp_path, family_model_dir, monkeypatch, ("policy-last", "value"))
+
+
+def test_a_critic_free_run_killed_mid_ppo_resumes_like_any_other(tmp_path, tiny_model_dir, monkeypatch):
+    _kill_and_resume(tmp_path, tiny_model_dir, monkeypatch, ("policy-last",), advantage="rloo", answers_per_prompt=2)
+
+
+def _kill_and_resume(tmp_path, model_dir, monkeypatch, trained: tuple[str, ...], **ppo) -> None:
+    """Killed before iteration 5 and rerun, the run ends with the adapters (`trained`) of a run never killed."""
+    unbroken = _recipe(tmp_path, model_dir, name="unbroken", sft_steps=10, iterations=5, eval_every=5, **ppo)
     pipeline.run(unbroken)
 
-    broken = _recipe(tmp_path, family_model_dir, name="broken", sft_steps=10, iterations=5, eval_every=5)
+    broken = _recipe(tmp_path, model_dir, name="broken", sft_steps=10, iterations=5, eval_every=5, **ppo)
     iterate = ppo_stage.iterate
 
     def killed_at_five(*args, **kwargs):
@@ -134,7 +178,8 @@ def test_killed_mid_ppo_resumes_from_its_checkpoint_and_ends_where_an_unbroken_r
     assert [r["step"] for r in _ppo_rows(broken)] == [1, 2, 3, 4, 5]  # 5 once: the kill came before its log line
     from safetensors.torch import load_file
 
-    for role in ("policy-last", "value"):
+    assert not (folder.adapter_dir("value") / "adapter_model.safetensors").exists() or "value" in trained
+    for role in trained:
         a = load_file(RunFolder(unbroken.run_dir).adapter_dir(role) / "adapter_model.safetensors")
         b = load_file(folder.adapter_dir(role) / "adapter_model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), role
@@ -172,9 +217,11 @@ def test_ppo_recipe_checks_gather_every_problem(tmp_path, tiny_model_dir):
     assert any("ppo.data" in p and "held-out prompts" in p for p in problems)
 
 
-def test_micro_batches_accumulate_to_the_same_update_as_one_pass(backbone):
+@pytest.mark.parametrize("estimator", [{}, {"advantage": "grpo"}, {"advantage": "grpo", "kl_penalty": "loss", "kl_estimator": "k3"}])
+def test_micro_batches_accumulate_to_the_same_update_as_one_pass(backbone, estimator):
     """Gradient accumulation over micro-batches gives the minibatch's gradient, with responses of unequal length
-    (each part divides by the whole minibatch's tokens, not its own)."""
+    (each part divides by the whole minibatch's tokens, not its own): policy and value (gae), or the policy alone
+    with the KL in its loss (grpo)."""
     from lorahf.data import collate
     from lorahf.ppo.rollout import Rollout
     from lorahf.ppo.update import _loss_and_backward
@@ -190,15 +237,19 @@ def test_micro_batches_accumulate_to_the_same_update_as_one_pass(backbone):
     batch = collate(prompts, responses, 0)
     shape = batch.response_ids.shape
     rollout = Rollout(batch, torch.ones(4, dtype=torch.bool), torch.zeros(4), -torch.rand(shape, generator=generator),
-                      torch.zeros(shape), torch.randn(shape, generator=generator), torch.zeros(shape))
+                      -5 - torch.rand(shape, generator=generator), torch.randn(shape, generator=generator),
+                      torch.zeros(shape))  # the reference's log-probs near the fresh policy's (about -log 100)
     advantages, returns = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
-    spec = PPOStage(data=DataSpec(files=["unused.jsonl"]), batch_size=4, minibatch_size=4)
+    spec = PPOStage(data=DataSpec(files=["unused.jsonl"]), batch_size=4, minibatch_size=4, **estimator)
+    trained = ("policy", "value") if spec.critic else ("policy",)
+    backbone.set_trainable(*trained)
 
     def gradient(micro: int) -> list[torch.Tensor]:
         rows = torch.arange(4)
         for part in rows.split(micro):
-            _loss_and_backward(backbone, rollout, advantages, returns, spec, part, batch.response_mask.sum().float())
-        found = [p.grad.clone() for role in ("policy", "value") for p in backbone.parameters(role, encoder=True)
+            _loss_and_backward(backbone, rollout, advantages, returns, spec, part, batch.response_mask.sum().float(),
+                               beta=0.1)
+        found = [p.grad.clone() for role in trained for p in backbone.parameters(role, encoder=True)
                  if p.grad is not None]
         for role in ("policy", "value"):
             for p in backbone.parameters(role):
@@ -207,4 +258,5 @@ def test_micro_batches_accumulate_to_the_same_update_as_one_pass(backbone):
 
     whole, accumulated = gradient(4), gradient(2)
     assert len(whole) == len(accumulated) > 0
-    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-3) for a, b in zip(whole, accumulated))
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-3) for a, b in zip(whole, accumulated)), \
+        max((a - b).abs().max().item() for a, b in zip(whole, accumulated))

@@ -5,8 +5,8 @@
 `scorer(backbone, prompts, batch)` -> [B] scores: the run's reward model (lorahf.reward_model) or a JudgeScorer.
 
 Generation runs in eval mode (no dropout) with the KV cache. The frozen readings (the reward's score,
-the reference's and the rollout policy's log-probs, the value's estimates) never change during the
-epochs that follow, so they are taken once, under `torch.inference_mode`. (One `Backbone.per_row` pass
+the reference's and the rollout policy's log-probs, the value's estimates where a value model trains) never
+change during the epochs that follow, so they are taken once, under `torch.inference_mode`. (One `Backbone.per_row` pass
 over all four roles was slower here than four passes: every row then computes every role's LoRA.)
 """
 
@@ -34,9 +34,9 @@ class Rollout:
     scores: torch.Tensor  # [B] the reward model's score (offset applied)
     logprobs: torch.Tensor  # [B, R] the policy's log-probs at rollout time (at the sampling temperature)
     reference_logprobs: torch.Tensor  # [B, R] the same under `sft`
-    values: torch.Tensor  # [B, R] the value model's estimate before each token
+    values: torch.Tensor | None  # [B, R] the value model's estimate before each token (None: no value model)
     entropy: torch.Tensor  # [B, R] the policy's entropy at each position
-    encoder_states: dict[str, torch.Tensor] | None = None  # policy's and value's, when their encoders are frozen
+    encoder_states: dict[str, torch.Tensor] | None = None  # the trained roles', when their encoders are frozen
     seconds: dict[str, float] = field(default_factory=dict)  # generate, score
 
     def __len__(self) -> int:
@@ -55,11 +55,11 @@ class JudgeScorer:
 
 
 def collect(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, temperature: float, top_k: int,
-            max_new_tokens: int, keep_encoder_states: bool = False) -> Rollout:
+            max_new_tokens: int, keep_encoder_states: bool = False, critic: bool = True) -> Rollout:
     """Sample responses from `policy`, then read every frozen quantity: sft's and the policy's log-probs,
-    the value's estimates, the reward's score.
+    the value's estimates (with a `critic`), the reward's score.
 
-    With `keep_encoder_states`, the policy's and the value's encoder outputs are kept for the update
+    With `keep_encoder_states`, the policy's (and the value's) encoder outputs are kept for the update
     (valid while their encoder adapters do not train)."""
     started = time.perf_counter()
     encoded = collate(prompt_ids, None, backbone.tokenizer.pad_token_id).to(backbone.device)
@@ -79,16 +79,19 @@ def collect(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, t
     with torch.inference_mode():
         # the policy's log-probs come with generation; sft, value and reward read the responses
         logprobs, entropy = token_logprobs_and_entropy(logits, batch.response_ids, mask, temperature)
-        encoders = {POLICY: policy_encoder, VALUE: backbone.use(VALUE).encode(batch)}
+        encoders = {POLICY: policy_encoder}
         reference_logprobs = token_logprobs(backbone.use(REFERENCE).response_logits(batch), batch.response_ids, mask,
                                             temperature)
-        values = backbone.head(VALUE)(backbone.use(VALUE).decode(batch, encoders[VALUE])[:, :-1]).float() * mask
+        values = None
+        if critic:
+            encoders[VALUE] = backbone.use(VALUE).encode(batch)
+            values = backbone.head(VALUE)(backbone.use(VALUE).decode(batch, encoders[VALUE])[:, :-1]).float() * mask
         scores = scorer(backbone, prompts, batch)
     # inference tensors cannot take part in autograd later; clones are ordinary tensors
-    kept = ({role: encoders[role].clone() for role in (POLICY, VALUE)}
+    kept = ({role: states.clone() for role, states in encoders.items()}
             if keep_encoder_states and policy_encoder is not None else None)  # a decoder-only base has none
-    return Rollout(batch, ended, scores.clone(), logprobs.clone(), reference_logprobs.clone(), values.clone(),
-                   entropy.clone(), encoder_states=kept,
+    return Rollout(batch, ended, scores.clone(), logprobs.clone(), reference_logprobs.clone(),
+                   None if values is None else values.clone(), entropy.clone(), encoder_states=kept,
                    seconds={"generate": generated - started, "score": time.perf_counter() - generated})
 
 
@@ -100,7 +103,7 @@ def gathered(rollout: Rollout) -> Rollout:
         return rollout
     batch = Seq2SeqBatch(**{f.name: distributed.gather(getattr(rollout.batch, f.name))  # padded with 0: T5's pad
                             for f in fields(rollout.batch)})
-    numbers = {name: distributed.gather(getattr(rollout, name))
+    numbers = {name: None if getattr(rollout, name) is None else distributed.gather(getattr(rollout, name))
                for name in ("scores", "logprobs", "reference_logprobs", "values", "entropy")}
     return Rollout(batch, distributed.gather(rollout.ended.long()).bool(), **numbers, seconds=rollout.seconds)
 

@@ -1,4 +1,5 @@
-"""The PPO update: K epochs over minibatches of one rollout, policy and value trained in the same step.
+"""The PPO update: K epochs over minibatches of one rollout, policy and value trained in the same step (the
+policy alone with a critic-free advantage: rloo, grpo).
 
 Both adapters train at once, so the Backbone (not peft's `set_adapter`) owns `requires_grad`:
 switching to `value` for its forward pass must not freeze `policy` before the backward pass
@@ -15,29 +16,36 @@ import torch
 from lorahf import distributed
 from lorahf.errors import LorahfError
 from lorahf.logprobs import token_logprobs
-from lorahf.ppo.math import masked_mean, policy_loss, value_loss
+from lorahf.ppo.math import kl_estimate, masked_mean, policy_loss, value_loss
 from lorahf.ppo.rollout import POLICY, VALUE, Rollout, repeat, take
+
+
+def trained_roles(spec) -> tuple[str, ...]:
+    """The roles the update trains: the policy, and the value model where the advantage needs one (gae)."""
+    return (POLICY, VALUE) if spec.critic else (POLICY,)
 
 
 def make_optimizer(backbone, spec) -> torch.optim.Optimizer:
     """One AdamW with a parameter group per trained role, each at its own learning rate (the encoders'
     adapters only with `spec.train_encoder`)."""
-    return torch.optim.AdamW([
-        {"params": backbone.parameters(POLICY, spec.train_encoder), "lr": spec.policy_learning_rate, "name": POLICY},
-        {"params": backbone.parameters(VALUE, spec.train_encoder), "lr": spec.value_learning_rate, "name": VALUE},
-    ], weight_decay=0.0, fused=True)  # fused: one kernel per step, not a dozen per tensor
+    rates = {POLICY: spec.policy_learning_rate, VALUE: spec.value_learning_rate}
+    return torch.optim.AdamW([{"params": backbone.parameters(role, spec.train_encoder), "lr": rates[role], "name": role}
+                              for role in trained_roles(spec)],
+                             weight_decay=0.0, fused=True)  # fused: one kernel per step, not a dozen per tensor
 
 
-def train_on(backbone, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, spec,
-             optimizer: torch.optim.Optimizer, generator: torch.Generator, iteration: int) -> dict[str, float]:
+def train_on(backbone, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor | None, spec,
+             optimizer: torch.optim.Optimizer, generator: torch.Generator, iteration: int,
+             beta: float = 0.0) -> dict[str, float]:
     """`spec.epochs` passes of minibatch steps over the rollout; the mean of each statistic over the steps.
 
     Every loss is a mean over the minibatch's tokens, however the minibatch is split (micro-batches, processes),
     so gradient accumulation gives the gradient of the whole minibatch. With data parallelism the rollout is
     this process's share of the batch and each minibatch step takes `minibatch_size / processes` of its rows;
-    the processes' gradients are added up before the step."""
+    the processes' gradients are added up before the step. `beta` weighs the KL term of the loss
+    (`spec.kl_penalty` loss; else unused)."""
     started = time.perf_counter()
-    backbone.set_trainable(POLICY, VALUE)
+    backbone.set_trainable(*trained_roles(spec))
     backbone.model.eval()  # dropout off during RL
     size = len(rollout)
     minibatch_size = spec.minibatch_size // distributed.world()
@@ -51,7 +59,7 @@ def train_on(backbone, rollout: Rollout, advantages: torch.Tensor, returns: torc
             tokens = distributed.total(rollout.batch.response_mask[minibatch.to(advantages.device)].sum().float())
             for part in minibatch.split(micro):
                 stats = _loss_and_backward(backbone, rollout, advantages, returns, spec, part.to(advantages.device),
-                                           tokens)
+                                           tokens, beta)
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
             _step(optimizer, spec.max_grad_norm, iteration)
@@ -61,39 +69,52 @@ def train_on(backbone, rollout: Rollout, advantages: torch.Tensor, returns: torc
     return result
 
 
-def _loss_and_backward(backbone, rollout: Rollout, advantages, returns, spec, rows,
-                       tokens: torch.Tensor) -> dict[str, float]:
-    """The rows' policy and value losses, one backward. Losses and statistics are these rows' shares of the
-    minibatch's means (`tokens`: its real tokens)."""
+def _loss_and_backward(backbone, rollout: Rollout, advantages, returns, spec, rows, tokens: torch.Tensor,
+                       beta: float) -> dict[str, float]:
+    """The rows' policy loss (plus the value loss, or the KL term), one backward. Losses and statistics are these
+    rows' shares of the minibatch's means (`tokens`: its real tokens)."""
     batch = take(rollout.batch, rows)
     width = batch.response_ids.shape[1]
     mask = batch.response_mask.float()
     encoder_states = None
     if rollout.encoder_states is not None:  # frozen encoders: their outputs from the rollout
         prompt_width = batch.input_ids.shape[1]
-        encoder_states = torch.cat([rollout.encoder_states[role][rows, :prompt_width] for role in (POLICY, VALUE)])
-    logprobs, values = policy_and_values(backbone, batch, encoder_states, spec.temperature)
+        encoder_states = torch.cat([rollout.encoder_states[role][rows, :prompt_width] for role in trained_roles(spec)])
+    logprobs, values = policy_and_values(backbone, batch, encoder_states, spec.temperature, spec.critic)
     policy, stats = policy_loss(logprobs, rollout.logprobs[rows, :width], advantages[rows, :width], mask,
                                 spec.policy_clip, tokens)
-    value = value_loss(values, rollout.values[rows, :width], returns[rows, :width], mask, spec.value_clip, tokens)
-    loss = policy + spec.value_loss_coef * value
+    numbers = {"clip_fraction": stats["clip_fraction"].item(), "approx_kl": stats["approx_kl"].item()}
+    loss = policy
+    if values is not None:
+        value = value_loss(values, rollout.values[rows, :width], returns[rows, :width], mask, spec.value_clip, tokens)
+        loss = loss + spec.value_loss_coef * value
+        numbers["value_loss"] = value.item()
+        numbers["value_clip_fraction"] = masked_mean(((values - rollout.values[rows, :width]).abs() > spec.value_clip)
+                                                     .float(), mask, tokens).item()
+    if spec.kl_penalty == "loss":
+        kl = masked_mean(kl_estimate(logprobs, rollout.reference_logprobs[rows, :width], spec.kl_estimator), mask,
+                         tokens)
+        loss = loss + beta * kl
+        numbers["kl_loss"] = kl.item()
     if not torch.isfinite(loss):
-        raise LorahfError(f"ppo: the loss is {loss.item()} (policy {policy.item()}, value {value.item()})",
-                          hint="lower the learning rates, or beta; the last checkpoint is kept")
+        raise LorahfError(f"ppo: the loss is {loss.item()} ({', '.join(f'{k} {v:.4g}' for k, v in numbers.items())}, "
+                          f"policy {policy.item()})", hint="lower the learning rates, or beta; the last checkpoint is kept")
     loss.backward()
-    return {"policy_loss": policy.item(), "value_loss": value.item(), "clip_fraction": stats["clip_fraction"].item(),
-            "approx_kl": stats["approx_kl"].item(),
-            "value_clip_fraction": masked_mean(((values - rollout.values[rows, :width]).abs() > spec.value_clip)
-                                               .float(), mask, tokens).item()}
+    return {"policy_loss": policy.item(), **numbers}
 
 
-def policy_and_values(backbone, batch, encoder_states: torch.Tensor | None,
-                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The policy's log-probs of the responses (at the sampling temperature) and the value's estimate before each
-    token, [B, R] each, from ONE forward pass: policy and value read their own copy of the rows
-    (`Backbone.per_row`). `encoder_states`: the policy's then the value's encoder outputs, [2B, P, d], or None
-    to encode the prompts here. (`lorahf plan` traces this same function.)"""
+def policy_and_values(backbone, batch, encoder_states: torch.Tensor | None, temperature: float,
+                      critic: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The policy's log-probs of the responses (at the sampling temperature) and, with a `critic`, the value's
+    estimate before each token, [B, R] each, from ONE forward pass: policy and value read their own copy of the
+    rows (`Backbone.per_row`). `encoder_states`: the policy's then the value's encoder outputs, [2B, P, d] ([B, P, d]
+    without a critic), or None to encode the prompts here. (`lorahf plan` traces this same function.)"""
     size = batch.response_ids.shape[0]
+    if not critic:
+        backbone.use(POLICY)
+        states = backbone.decode(batch, backbone.encode(batch) if encoder_states is None else encoder_states)
+        return token_logprobs(backbone.lm_logits(states[:, :-1]), batch.response_ids, batch.response_mask,
+                              temperature), None
     with backbone.per_row([POLICY] * size + [VALUE] * size):
         stacked = repeat(batch, 2)
         if encoder_states is None:

@@ -5,13 +5,14 @@ written as the numbered steps of Stiennon et al. (2020); the formulas live in lo
 
     0. refuse to start on a reward model that failed its quality gate (unless ppo.allow_weak_reward)
     1. prompts for rollouts; held-out prompts (with references where given) for the checks
-    2. adapters: policy <- sft, value <- reward (adapter and head; or sft and a fresh head, see value_init); or all of
-       it from the last checkpoint
+    2. adapters: policy <- sft, value <- reward (adapter and head; or sft and a fresh head, see value_init; no value
+       model with a critic-free advantage); or all of it from the last checkpoint
     3. per iteration:
-       a. sample prompts, generate with policy; score with reward; log-probs under sft and policy,
-          values under value (ppo/rollout.py)
-       b. per-token rewards = -beta * KL + the score at the last token; GAE advantages (ppo/math.py)
-       c. K epochs of the clipped policy and value losses over minibatches (ppo/update.py)
+       a. sample prompts (each answers_per_prompt times), generate with policy; score with reward; log-probs under
+          sft and policy, values under value (ppo/rollout.py)
+       b. per-token rewards = -beta * KL + the score at the last token; advantages by GAE, or per answer against the
+          prompt's other answers (rloo, grpo) (ppo/math.py)
+       c. K epochs of the clipped policy loss (and the value loss) over minibatches (ppo/update.py)
        d. adapt beta; metrics and alarms; every eval_every a held-out check that keeps the best policy;
           every checkpoint_every a checkpoint `lorahf run` resumes from
     4. adapters/policy is the best policy by `best_by`, adapters/policy-last the last; the reward model
@@ -34,10 +35,10 @@ from lorahf.errors import LorahfError
 from lorahf.judge import scoring_judges
 from lorahf.metrics import rouge_l, win_rate
 from lorahf.ppo.alarms import held_out_alarms, iteration_alarms
-from lorahf.ppo.math import (AdaptiveKLController, FixedKLController, explained_variance, gae, kl_estimate,
-                             masked_mean, token_rewards, whiten)
+from lorahf.ppo.math import (AdaptiveKLController, FixedKLController, explained_variance, gae, grpo_advantages,
+                             kl_estimate, masked_mean, rloo_advantages, sequence_to_tokens, token_rewards, whiten)
 from lorahf.ppo.rollout import POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, collect, gathered
-from lorahf.ppo.update import make_optimizer, train_on
+from lorahf.ppo.update import make_optimizer, train_on, trained_roles
 from lorahf.report import Check, judged_comparisons, scalar_table, series
 from lorahf.reward_model import of_run
 from lorahf.roles import POLICY_LAST
@@ -94,8 +95,8 @@ def run(recipe, backbone, folder, progress) -> dict:
     kl_limit = spec.kl_alarm * (spec.kl_target or spec.kl_alarm_nats)
     with progress.task("ppo", total=spec.iterations) as bar:
         bar.advance(state.iteration)
-        for iteration, indices in index_batches(len(rollout_prompts.ids), spec.batch_size, spec.iterations,
-                                                recipe.seed):
+        for iteration, indices in index_batches(len(rollout_prompts.ids), spec.batch_size // spec.answers,
+                                                spec.iterations, recipe.seed):
             if iteration > state.iteration:  # else done before the checkpoint this run resumed from
                 numbers = one_iteration(backbone, recipe, folder, state, optimizer, controller, rollout_prompts,
                                         held_out, scorer, judges, iteration, indices, kl_limit)
@@ -104,10 +105,12 @@ def run(recipe, backbone, folder, progress) -> dict:
 
     # 4. Last and best; the best compared with sft
     backbone.save_adapter(POLICY, folder.adapter_dir(LAST))
-    backbone.save_adapter(VALUE, folder.adapter_dir(VALUE))
+    if spec.critic:
+        backbone.save_adapter(VALUE, folder.adapter_dir(VALUE))
     backbone.load_adapter(POLICY, folder.adapter_dir(POLICY))
     backbone.set_trainable()
-    metrics = {"iterations": state.iteration, "value_init": value_init(spec, reward), "best_by": spec.best_by,
+    metrics = {"iterations": state.iteration, "advantage": spec.advantage, "answers_per_prompt": spec.answers,
+               **({"value_init": value_init(spec, reward)} if spec.critic else {}), "best_by": spec.best_by,
                "best_iteration": state.best_iteration,
                "best": state.best, "kl_limit": kl_limit, "beta_last": controller.value,
                "seconds_per_iteration": statistics.median(state.seconds) if state.seconds else None,
@@ -150,22 +153,24 @@ def pick_scorer(spec, judges: dict, reward):
 
 
 def start(recipe, backbone, folder, progress, reward):
-    """Step 2: policy <- sft, value <- reward's adapter and head, or sft and a fresh head (`value_init`), or all of
-    it from the last checkpoint; the optimizer and the KL controller. Returns (state, optimizer, controller)."""
+    """Step 2: policy <- sft, value <- reward's adapter and head, or sft and a fresh head (`value_init`; no value
+    model with a critic-free advantage), or all of it from the last checkpoint; the optimizer and the KL controller.
+    Returns (state, optimizer, controller)."""
     spec = recipe.ppo
     ensure_adapter(backbone, folder, REFERENCE, needed_by="ppo")
-    saved = read_checkpoint("ppo", backbone, folder, recipe.stage_hash("ppo"), progress, (POLICY, VALUE), "iteration")
+    trained = trained_roles(spec)
+    saved = read_checkpoint("ppo", backbone, folder, recipe.stage_hash("ppo"), progress, trained, "iteration")
     state = State(**saved["state"]) if saved else None
     if state is None:
         backbone.copy_adapter(REFERENCE, POLICY)
-        if value_init(spec, reward) == "reward":
+        if spec.critic and value_init(spec, reward) == "reward":
             backbone.copy_adapter(REWARD, VALUE)
             backbone.head(VALUE).likelihood.fill_(False)  # per-token values read the head alone
-        else:
+        elif spec.critic:
             backbone.copy_adapter(REFERENCE, VALUE)
             backbone.add_head(VALUE)
         state = State()
-    backbone.set_trainable(POLICY, VALUE)
+    backbone.set_trainable(*trained)
     optimizer = make_optimizer(backbone, spec)
     if saved:
         optimizer.load_state_dict(saved["optimizer"])
@@ -196,8 +201,9 @@ def one_iteration(backbone, recipe, folder, state: State, optimizer, controller,
     torch.manual_seed(seed * distributed.world() + distributed.rank())  # each process its own samples
     generator = torch.Generator().manual_seed(seed)
 
-    # a-c. rollout, rewards and advantages, K epochs of minibatch updates (each process: its share)
-    mine = distributed.share(indices)
+    # a-c. rollout, rewards and advantages, K epochs of minibatch updates (each process: its share of the prompts,
+    # each prompt's answers consecutive rows, so that a prompt's group stays whole when the shares are gathered)
+    mine = [i for i in distributed.share(indices) for _ in range(spec.answers)]
     numbers = iterate(backbone, [rollout_prompts.ids[i] for i in mine], [rollout_prompts.texts[i] for i in mine],
                       scorer, spec, controller.value, optimizer, generator,
                       spec.max_new_tokens or recipe.max_response_tokens, iteration)
@@ -207,7 +213,7 @@ def one_iteration(backbone, recipe, folder, state: State, optimizer, controller,
     numbers["peak_memory_mb"] = peak_memory_mb(backbone.device)
 
     # d. beta, log, check, checkpoint
-    controller.update(numbers["kl"], len(indices))
+    controller.update(numbers["kl"], len(indices) * spec.answers)
     state.iteration = iteration
     state.kl_controller = controller.state_dict()
     state.seconds.append(numbers["seconds"])
@@ -226,7 +232,7 @@ def one_iteration(backbone, recipe, folder, state: State, optimizer, controller,
     numbers["alarms"] = found
     folder.log_metrics("ppo", iteration, numbers)
     if iteration % spec.checkpoint_every == 0 and iteration < spec.iterations:
-        save_checkpoint("ppo", backbone, folder, recipe.stage_hash("ppo"), (POLICY, VALUE), state, optimizer)
+        save_checkpoint("ppo", backbone, folder, recipe.stage_hash("ppo"), trained_roles(spec), state, optimizer)
     return numbers
 
 
@@ -239,27 +245,23 @@ def iterate(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, s
     Refuses to update on non-finite rollout numbers (the adapters stay as the last good iteration left them)."""
     # a. rollout
     rollout = collect(backbone, prompt_ids, prompts, scorer, spec.temperature, spec.top_k, max_new_tokens,
-                      keep_encoder_states=not spec.train_encoder)
+                      keep_encoder_states=not spec.train_encoder, critic=spec.critic)
     everyone = gathered(rollout)
     mask = everyone.batch.response_mask.float()
     lengths = everyone.batch.response_lengths
 
     # b. rewards and advantages
     kl = kl_estimate(everyone.logprobs, everyone.reference_logprobs, spec.kl_estimator) * mask
-    rewards = token_rewards(everyone.scores, kl, mask, lengths, beta, everyone.ended, spec.no_eos_score)
-    if spec.whiten_rewards:
-        rewards = whiten(rewards, mask, shift_mean=False)
-    advantages, returns = gae(rewards, everyone.values, mask, spec.gamma, spec.lam)
-    if spec.whiten_advantages:
-        advantages = whiten(advantages, mask)
+    advantages, returns = advantages_of(everyone, kl, mask, spec, beta)
     numbers = {"score_mean": everyone.scores.mean().item(), "score_std": everyone.scores.std().item(),
                "kl": kl.sum(1).mean().item(), "beta": beta,
                "non_score_reward": (-beta * kl).sum(1).mean().item(),
                "entropy": masked_mean(everyone.entropy, mask).item(),
                "response_length": lengths.float().mean().item(),
                "truncated": (~everyone.ended).float().mean().item(),
-               "explained_variance": explained_variance(everyone.values, returns, mask).item(),
                "seconds_generate": rollout.seconds["generate"], "seconds_score": rollout.seconds["score"]}
+    if spec.critic:
+        numbers["explained_variance"] = explained_variance(everyone.values, returns, mask).item()
     bad = [name for name, value in numbers.items() if not math.isfinite(value)]
     if bad:
         raise LorahfError(f"ppo: {', '.join(bad)} not finite at iteration {iteration}; the adapters are kept as "
@@ -267,9 +269,32 @@ def iterate(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, s
 
     # c. K epochs of minibatch updates
     mine = distributed.my_rows(len(rollout))
-    numbers.update(train_on(backbone, rollout, advantages[mine], returns[mine], spec, optimizer, generator, iteration))
+    numbers.update(train_on(backbone, rollout, advantages[mine], None if returns is None else returns[mine], spec,
+                            optimizer, generator, iteration, beta))
     numbers["seconds"] = numbers["seconds_generate"] + numbers["seconds_score"] + numbers["seconds_update"]
     return numbers
+
+
+def advantages_of(rollout, kl: torch.Tensor, mask: torch.Tensor, spec,
+                  beta: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Step b: each token's advantage, [B, R], and the value model's returns (None without one).
+
+    The reward: the score at the last token (`no_eos_score` for an answer cut at the length limit), and -beta * KL
+    on every token where the KL is paid in the reward. gae reads it per token with the rollout's values; rloo and
+    grpo sum it per answer and compare each answer with the other answers to its prompt."""
+    paid = beta if spec.kl_penalty == "reward" else 0.0
+    rewards = token_rewards(rollout.scores, kl, mask, rollout.batch.response_lengths, paid, rollout.ended,
+                            spec.no_eos_score)
+    if spec.whiten_rewards:
+        rewards = whiten(rewards, mask, shift_mean=False)
+    if spec.critic:
+        advantages, returns = gae(rewards, rollout.values, mask, spec.gamma, spec.lam)
+    else:
+        estimate = rloo_advantages if spec.advantage == "rloo" else grpo_advantages
+        advantages, returns = sequence_to_tokens(estimate(rewards.sum(1), spec.answers), mask), None
+    if spec.whiten_advantages:
+        advantages = whiten(advantages, mask)
+    return advantages, returns
 
 
 LOGGED_CHECKS = ("reward", "rouge_l", "kl", "length", "judge")
@@ -347,8 +372,10 @@ def peak_memory_mb(device: torch.device) -> float:
 # ------------------------------------------------------------------------------- plan and report
 def describe(recipe) -> str:
     spec = recipe.ppo
-    return (f"lr {spec.policy_learning_rate:g} (value {spec.value_learning_rate:g}), {spec.iterations} iterations "
-            f"of {spec.batch_size} prompts, beta {spec.beta:g}")
+    value = f" (value {spec.value_learning_rate:g})" if spec.critic else ""
+    answers = f"{spec.batch_size} answers, {spec.answers} per prompt" if spec.answers > 1 else f"{spec.batch_size} prompts"
+    return (f"{spec.advantage}, lr {spec.policy_learning_rate:g}{value}, {spec.iterations} iterations of {answers}, "
+            f"beta {spec.beta:g}{' in the loss' if spec.kl_penalty == 'loss' else ''}")
 
 
 def plan_memory(shape, recipe, traced) -> dict[str, int]:
@@ -356,7 +383,8 @@ def plan_memory(shape, recipe, traced) -> dict[str, int]:
     spec = recipe.ppo
     micro = spec.micro_batch_size or spec.minibatch_size
     rollout = shape.rollout_bytes(spec.batch_size, recipe.max_prompt_tokens, recipe.max_response_tokens,
-                                  keep_encoder_states=not spec.train_encoder, keep_logits=True)
+                                  keep_encoder_states=not spec.train_encoder, keep_logits=True,
+                                  critic=spec.critic)
     update = traced(lambda s: s.trace_ppo_update(recipe, micro, spec.batch_size))
     return {"rollout" if rollout >= update else "step": max(rollout, update)}
 

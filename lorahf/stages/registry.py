@@ -56,6 +56,12 @@ class Stage:
     """Its outputs depend on the recipe's `judges` (they are part of its hash)."""
     layouts: tuple[str, ...] = ()
     """The layouts of its data shape it can learn from (e.g. pairs, not scores); empty: every one."""
+    created_by: Callable | None = None
+    """recipe -> the roles of `creates` it writes under that recipe (e.g. ppo without a value model); None: all."""
+
+    def creates_for(self, recipe) -> tuple[str, ...]:
+        """The roles it writes under `recipe`."""
+        return self.creates if self.created_by is None else self.created_by(recipe)
 
     @property
     def module(self) -> str:
@@ -113,7 +119,8 @@ STAGES: tuple[Stage, ...] = (
           memory_hint="set ppo.micro_batch_size (e.g. 2), or lower ppo.minibatch_size or ppo.batch_size",
           levers=(("ppo.micro_batch_size", "halve"), ("ppo.batch_size", "halve"), ("max_prompt_tokens", "shorten"),
                   ("model.quantization", "4bit")),
-          policy_adapter=lambda recipe: roles.POLICY),
+          policy_adapter=lambda recipe: roles.POLICY,
+          created_by=lambda recipe: (roles.POLICY, roles.VALUE) if recipe.ppo.critic else (roles.POLICY,)),
     Stage("dpo", "DPOStage", needs=("sft",), creates=(roles.POLICY,), reads=(roles.SFT,), data="preference",
           data_from=("reward",),
           memory_hint="lower dpo.batch_size or max_response_tokens, or set model.gradient_checkpointing: true",
@@ -149,7 +156,7 @@ def held_roles(recipe, name: str) -> list[str]:
     found: dict[str, None] = {}
     for stage in in_recipe(recipe):
         created = [stage.policy_adapter(recipe) if role == roles.POLICY and stage.policy_adapter else role
-                   for role in stage.creates]
+                   for role in stage.creates_for(recipe)]
         found.update(dict.fromkeys([*stage.reads, *created]))
         if stage.name == name:
             break
