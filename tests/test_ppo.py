@@ -63,12 +63,14 @@ def test_ppo_learns_a_hand_written_reward_with_kl_near_zero_at_first(tmp_path, t
     assert {s["iteration"] for s in samples} == {0, 5, 10, 15, 16}
 
 
-@pytest.mark.parametrize("advantage, placement", [("rloo", {}), ("grpo", {"kl_penalty": "loss", "kl_estimator": "k3"})])
-def test_critic_free_ppo_learns_the_reward_with_no_value_model(tmp_path, tiny_model_dir, advantage, placement):
-    """rloo (KL in the reward) and grpo (KL in the loss), 4 answers to each of 2 prompts per iteration: the score rises,
-    and no value adapter, head, loss or check exists anywhere (checkpoints included)."""
+def test_critic_free_ppo_learns_the_reward_with_no_value_model(tmp_path, tiny_model_dir):
+    """grpo with the KL in the loss, 4 answers to each of 2 prompts per iteration: the score rises, and no value
+    adapter, head, loss or check exists anywhere. (rloo, with the KL in the reward, runs end to end in the resume
+    test below; the estimators' math is tested in test_ppo_math.py, both learn on the bundled example in
+    BENCHMARKS.md.)"""
+    advantage = "grpo"
     recipe = _recipe(tmp_path, tiny_model_dir, iterations=16, temperature=1.0, advantage=advantage,
-                     answers_per_prompt=4, **placement)
+                     answers_per_prompt=4, kl_penalty="loss", kl_estimator="k3")
     result = pipeline.run(recipe)
     rows = _ppo_rows(recipe)
     first, last = rows[:4], rows[-4:]
@@ -76,7 +78,7 @@ def test_critic_free_ppo_learns_the_reward_with_no_value_model(tmp_path, tiny_mo
         [r["score_mean"] for r in rows]
     assert abs(rows[0]["kl"]) < 1e-4
     assert not {"value_loss", "explained_variance", "value_clip_fraction"} & set().union(*rows)
-    assert ("kl_loss" in rows[0]) == (advantage == "grpo")
+    assert "kl_loss" in rows[0]
     metrics = result.metrics["ppo"]
     assert metrics["advantage"] == advantage and metrics["answers_per_prompt"] == 4 and "value_init" not in metrics
     assert metrics["count_win_rate_vs_sft"] > 0.5
@@ -217,7 +219,7 @@ def test_ppo_recipe_checks_gather_every_problem(tmp_path, tiny_model_dir):
     assert any("ppo.data" in p and "held-out prompts" in p for p in problems)
 
 
-@pytest.mark.parametrize("estimator", [{}, {"advantage": "grpo"}, {"advantage": "grpo", "kl_penalty": "loss", "kl_estimator": "k3"}])
+@pytest.mark.parametrize("estimator", [{}, {"advantage": "grpo", "kl_penalty": "loss", "kl_estimator": "k3"}])
 def test_micro_batches_accumulate_to_the_same_update_as_one_pass(backbone, estimator):
     """Gradient accumulation over micro-batches gives the minibatch's gradient, with responses of unequal length
     (each part divides by the whole minibatch's tokens, not its own): policy and value (gae), or the policy alone
