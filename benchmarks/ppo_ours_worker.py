@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--advantage", choices=("gae", "rloo", "grpo"), default="gae",
                         help="ppo.advantage: rloo and grpo answer each of 4 prompts 4 times (16 answers, as gae's 16 "
                              "prompts once each) and hold no value adapter")
+    parser.add_argument("--rollout-weights", choices=("quantized", "merged"), default="quantized",
+                        help="ppo.rollout_weights: merged samples from an unquantized copy with the policy folded in")
     args = parser.parse_args()
 
     import torch
@@ -50,6 +52,7 @@ def main() -> None:
     from lorahf.backbone import Backbone
     from lorahf.data import encode_prompts
     from lorahf.reward_model import SharedReward
+    from lorahf.ppo.rollout_weights import MergedPolicy
     from lorahf.ppo.update import make_optimizer, trained_roles
     from lorahf.recipe import DataSpec, LoraSpec, PPOStage
     from lorahf.stages.ppo import iterate
@@ -62,7 +65,8 @@ def main() -> None:
     backbone.add_adapter("reward", lora, head=True)
     backbone.copy_adapter("sft", "policy")
     spec = PPOStage(data=DataSpec(files=[args.data]), batch_size=BATCH, epochs=4, minibatch_size=4,
-                    temperature=1.0, top_k=0, train_encoder=args.train_encoder, advantage=args.advantage)
+                    temperature=1.0, top_k=0, train_encoder=args.train_encoder, advantage=args.advantage,
+                    rollout_weights=args.rollout_weights)
     if spec.critic:
         backbone.copy_adapter("reward", "value")
     backbone.set_trainable(*trained_roles(spec))
@@ -72,13 +76,15 @@ def main() -> None:
     prompt_ids, _ = encode_prompts(backbone.tokenizer, texts, args.prompt_tokens, TEMPLATE)
     optimizer = make_optimizer(backbone, spec)
     scorer = SharedReward(backbone, None)  # the reward adapter (its __call__ needs no recipe)
+    sampler = MergedPolicy(backbone) if args.rollout_weights == "merged" else None  # built before timing, once
 
     timed: list[dict] = []
     for i in range(args.warmup + args.iterations):
         prompts = BATCH // spec.answers  # each answered spec.answers times, consecutively
         rows_i = [(prompts * i + j) % len(texts) for j in range(prompts) for _ in range(spec.answers)]
         numbers = iterate(backbone, [prompt_ids[r] for r in rows_i], [texts[r] for r in rows_i], scorer, spec,
-                          spec.beta, optimizer, torch.Generator().manual_seed(args.seed + i), args.new_tokens, i + 1)
+                          spec.beta, optimizer, torch.Generator().manual_seed(args.seed + i), args.new_tokens, i + 1,
+                          sampler=sampler)
         if i >= args.warmup:
             timed.append(numbers)
 
@@ -86,6 +92,7 @@ def main() -> None:
         "name": "ours",
         "train_encoder": args.train_encoder,
         "advantage": args.advantage,
+        "rollout_weights": args.rollout_weights,
         "seconds": [n["seconds"] for n in timed],
         "generate_seconds": [n["seconds_generate"] for n in timed],
         "reward_seconds": [n["seconds_score"] for n in timed],

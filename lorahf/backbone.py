@@ -441,24 +441,33 @@ class Backbone:
         response that hit the limit has no EOS and length max_new_tokens), and with `return_logits` also
         the raw next-token logits that chose each response token, [B, R, vocab] (before temperature or
         top-k). `encoder_states`: the prompts' encoder outputs under this role, if already computed."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                output = self.model.generate(
-                    **self.family.generation_inputs(batch, encoder_states), max_new_tokens=max_new_tokens,
-                    do_sample=do_sample, temperature=temperature if do_sample else None,
-                    top_k=top_k if do_sample else None, top_p=top_p if do_sample else None,
-                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                    output_logits=return_logits, return_dict_in_generate=True)
-        finally:
-            self.model.train(was_training)
-        # clones made outside inference mode are ordinary tensors, usable later in autograd
-        responses, lengths = _cut_after_eos(self.family.generated_responses(output.sequences, batch).clone(),
-                                            self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
-        if not return_logits:
-            return responses, lengths
-        return responses, lengths, torch.stack(output.logits, dim=1)[:, :responses.shape[1]].clone()
+        return generate_with(self.model, self.family, self.tokenizer, batch, max_new_tokens, do_sample, temperature,
+                             top_k, top_p, encoder_states, return_logits)
+
+
+def generate_with(model, family, tokenizer, batch, max_new_tokens: int, do_sample: bool = False,
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  encoder_states: torch.Tensor | None = None, return_logits: bool = False):
+    """`Backbone.generate` with any model of the family: the Backbone's own (its active role), or another copy of the
+    base such as the rollout's unquantized policy (lorahf.ppo.rollout_weights)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            output = model.generate(
+                **family.generation_inputs(batch, encoder_states), max_new_tokens=max_new_tokens,
+                do_sample=do_sample, temperature=temperature if do_sample else None,
+                top_k=top_k if do_sample else None, top_p=top_p if do_sample else None,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                output_logits=return_logits, return_dict_in_generate=True)
+    finally:
+        model.train(was_training)
+    # clones made outside inference mode are ordinary tensors, usable later in autograd
+    responses, lengths = _cut_after_eos(family.generated_responses(output.sequences, batch).clone(),
+                                        tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if not return_logits:
+        return responses, lengths
+    return responses, lengths, torch.stack(output.logits, dim=1)[:, :responses.shape[1]].clone()
 
 
 def respond(backbone: Backbone, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int = 64,

@@ -195,6 +195,13 @@ class PPOStage(Section):
     rewards are the scores alone and beta times the per-token KL of the current policy is added to the policy loss
     (GRPO's placement; needs kl_estimator k3: taken as a loss, its gradient is on average that of KL(sft || policy),
     which holds the policy near sft, where k1's is zero on average)."""
+    rollout_weights: Literal["auto", "quantized", "merged"] = "auto"
+    """What rollouts are sampled from. quantized: the 8- or 4-bit base with the policy adapter, the path the update
+    trains. merged: an unquantized copy of the base (one more copy of its weights, in the compute dtype; `lorahf plan`
+    counts it) with the policy adapter folded in, refreshed after every update: plain matmuls, no LoRA branch; the
+    policy's log-probs of the sampled tokens are then read again through the quantized path, so PPO's ratio compares
+    like with like (logged: rollout_logprob_gap, the samples' mean log-prob gap between the two). auto: merged on the
+    devices where it was measured faster (BENCHMARKS.md), else quantized."""
     iterations: int = Field(100, ge=1)
     """PPO iterations: each samples `batch_size` answers, scores them and updates."""
     batch_size: int = Field(16, ge=1)

@@ -149,11 +149,15 @@ def test_killed_mid_ppo_resumes_from_its_checkpoint_and_ends_where_an_unbroken_r
     _kill_and_resume(tmp_path, family_model_dir, monkeypatch, ("policy-last", "value"))
 
 
-def test_a_critic_free_run_killed_mid_ppo_resumes_like_any_other(tmp_path, tiny_model_dir, monkeypatch):
-    _kill_and_resume(tmp_path, tiny_model_dir, monkeypatch, ("policy-last",), advantage="rloo", answers_per_prompt=2)
+def test_a_critic_free_run_sampling_from_a_merged_copy_killed_mid_ppo_resumes_like_any_other(tmp_path, tiny_model_dir,
+                                                                                               monkeypatch):
+    """rloo (no value model) with rollout_weights: merged (the copy is rebuilt from the checkpoint's policy)."""
+    broken = _kill_and_resume(tmp_path, tiny_model_dir, monkeypatch, ("policy-last",), advantage="rloo",
+                              answers_per_prompt=2, rollout_weights="merged")
+    assert all(abs(row["rollout_logprob_gap"]) < 0.05 for row in _ppo_rows(broken))
 
 
-def _kill_and_resume(tmp_path, model_dir, monkeypatch, trained: tuple[str, ...], **ppo) -> None:
+def _kill_and_resume(tmp_path, model_dir, monkeypatch, trained: tuple[str, ...], **ppo):
     """Killed before iteration 5 and rerun, the run ends with the adapters (`trained`) of a run never killed."""
     unbroken = _recipe(tmp_path, model_dir, name="unbroken", sft_steps=10, iterations=5, eval_every=5, **ppo)
     pipeline.run(unbroken)
@@ -185,6 +189,7 @@ def _kill_and_resume(tmp_path, model_dir, monkeypatch, trained: tuple[str, ...],
         a = load_file(RunFolder(unbroken.run_dir).adapter_dir(role) / "adapter_model.safetensors")
         b = load_file(folder.adapter_dir(role) / "adapter_model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), role
+    return broken
 
 
 class _Notes(Progress):

@@ -38,6 +38,7 @@ class Rollout:
     entropy: torch.Tensor  # [B, R] the policy's entropy at each position
     encoder_states: dict[str, torch.Tensor] | None = None  # the trained roles', when their encoders are frozen
     seconds: dict[str, float] = field(default_factory=dict)  # generate, score
+    logprob_gap: float | None = None  # sampled by another model: its mean log-prob of the tokens minus the policy's
 
     def __len__(self) -> int:
         return self.batch.response_lengths.shape[0]
@@ -55,19 +56,21 @@ class JudgeScorer:
 
 
 def collect(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, temperature: float, top_k: int,
-            max_new_tokens: int, keep_encoder_states: bool = False, critic: bool = True) -> Rollout:
+            max_new_tokens: int, keep_encoder_states: bool = False, critic: bool = True, sampler=None) -> Rollout:
     """Sample responses from `policy`, then read every frozen quantity: sft's and the policy's log-probs,
     the value's estimates (with a `critic`), the reward's score.
 
     With `keep_encoder_states`, the policy's (and the value's) encoder outputs are kept for the update
-    (valid while their encoder adapters do not train)."""
+    (valid while their encoder adapters do not train). `sampler`: a MergedPolicy (ppo.rollout_weights merged) that
+    samples in the policy's place; the policy's log-probs are then read through the training path."""
     started = time.perf_counter()
     encoded = collate(prompt_ids, None, backbone.tokenizer.pad_token_id).to(backbone.device)
     backbone.model.eval()
     with torch.inference_mode():
         policy_encoder = backbone.use(POLICY).encode(encoded)
-    responses, lengths, logits = backbone.generate(encoded, max_new_tokens, do_sample=True, temperature=temperature,
-                                                   top_k=top_k, encoder_states=policy_encoder, return_logits=True)
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "return_logits": True}
+    responses, lengths, logits = (sampler.generate(encoded, max_new_tokens, **sampling) if sampler is not None else
+                                  backbone.generate(encoded, max_new_tokens, encoder_states=policy_encoder, **sampling))
     generated = time.perf_counter()
     width = max(int(lengths.max()), 1)
     responses, logits = responses[:, :width], logits[:, :width]
@@ -77,8 +80,16 @@ def collect(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, t
     ended = responses[rows, lengths - 1] == backbone.tokenizer.eos_token_id
 
     with torch.inference_mode():
-        # the policy's log-probs come with generation; sft, value and reward read the responses
+        # the policy's log-probs come with generation (read again through the training path when another model
+        # sampled); sft, value and reward read the responses
         logprobs, entropy = token_logprobs_and_entropy(logits, batch.response_ids, mask, temperature)
+        gap = None
+        if sampler is not None:
+            sampled = logprobs
+            logprobs, entropy = token_logprobs_and_entropy(
+                backbone.use(POLICY).lm_logits(backbone.decode(batch, policy_encoder)[:, :-1]), batch.response_ids,
+                mask, temperature)
+            gap = (sampled - logprobs).sum() / mask.sum()
         encoders = {POLICY: policy_encoder}
         reference_logprobs = token_logprobs(backbone.use(REFERENCE).response_logits(batch), batch.response_ids, mask,
                                             temperature)
@@ -92,7 +103,8 @@ def collect(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, t
             if keep_encoder_states and policy_encoder is not None else None)  # a decoder-only base has none
     return Rollout(batch, ended, scores.clone(), logprobs.clone(), reference_logprobs.clone(),
                    None if values is None else values.clone(), entropy.clone(), encoder_states=kept,
-                   seconds={"generate": generated - started, "score": time.perf_counter() - generated})
+                   seconds={"generate": generated - started, "score": time.perf_counter() - generated},
+                   logprob_gap=None if gap is None else gap.item())
 
 
 def gathered(rollout: Rollout) -> Rollout:

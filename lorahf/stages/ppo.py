@@ -24,11 +24,13 @@ from __future__ import annotations
 import math
 import resource
 import statistics
+import time
 from dataclasses import dataclass, field
 
 import torch
 
 from lorahf import distributed
+from lorahf.backbone import describe_bytes
 from lorahf.compare import Prompts, Sampling, answer, policy_against_sft
 from lorahf.data import encode_prompts
 from lorahf.errors import LorahfError
@@ -38,6 +40,7 @@ from lorahf.ppo.alarms import held_out_alarms, iteration_alarms
 from lorahf.ppo.math import (AdaptiveKLController, FixedKLController, explained_variance, gae, grpo_advantages,
                              kl_estimate, masked_mean, rloo_advantages, sequence_to_tokens, token_rewards, whiten)
 from lorahf.ppo.rollout import POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, collect, gathered
+from lorahf.ppo.rollout_weights import MergedPolicy
 from lorahf.ppo.update import make_optimizer, train_on, trained_roles
 from lorahf.report import Check, judged_comparisons, scalar_table, series
 from lorahf.reward_model import of_run
@@ -47,6 +50,8 @@ from lorahf.training import (ensure_adapter, index_batches, load_stage_data, mea
 
 LAST = POLICY_LAST  # the adapter of the last iteration; `policy` holds the best
 FINAL_EVAL_PROMPTS = 200  # held-out prompts the final comparison answers
+MERGED_BY_DEFAULT_ON: tuple[str, ...] = ()  # devices where rollout_weights auto samples from a merged copy: where
+# it was measured faster (BENCHMARKS.md); none yet
 ANSWER_BATCH = 64
 
 
@@ -82,8 +87,11 @@ def run(recipe, backbone, folder, progress) -> dict:
         ensure_adapter(backbone, folder, REWARD, needed_by="ppo")  # there is none yet: says which stage writes it
     scorer = pick_scorer(spec, judges, reward)
 
-    # 2. Adapters, optimizer and KL controller: fresh, or from the last checkpoint
+    # 2. Adapters, optimizer and KL controller: fresh, or from the last checkpoint; what samples rollouts
     state, optimizer, controller = start(recipe, backbone, folder, progress, reward)
+    sampler = MergedPolicy(backbone) if merged_rollouts(spec, backbone.quantization, backbone.device.type) else None
+    if sampler is not None:
+        progress.note(f"ppo: rollouts sampled from a merged copy of the base ({describe_bytes(sampler.bytes)})")
     if state.iteration == 0:
         state.start = held_out_check(backbone, recipe, held_out, scorer, judges)
         keep_if_best(backbone, folder, state, state.start, spec, iteration=0)
@@ -99,7 +107,7 @@ def run(recipe, backbone, folder, progress) -> dict:
                                                 spec.iterations, recipe.seed):
             if iteration > state.iteration:  # else done before the checkpoint this run resumed from
                 numbers = one_iteration(backbone, recipe, folder, state, optimizer, controller, rollout_prompts,
-                                        held_out, scorer, judges, iteration, indices, kl_limit)
+                                        held_out, scorer, judges, iteration, indices, kl_limit, sampler)
                 bar.advance(score=numbers["score_mean"], kl=numbers["kl"], len=numbers["response_length"],
                             alarms=",".join(numbers["alarms"]) or "-")
 
@@ -181,6 +189,13 @@ def start(recipe, backbone, folder, progress, reward):
     return state, optimizer, controller
 
 
+def merged_rollouts(spec, quantization: str, device_type: str) -> bool:
+    """`ppo.rollout_weights` resolved: sample from a MergedPolicy (True) or from the quantized policy (False)."""
+    if spec.rollout_weights != "auto":
+        return spec.rollout_weights == "merged"
+    return quantization in ("8bit", "4bit") and device_type in MERGED_BY_DEFAULT_ON
+
+
 def value_init(spec, reward) -> str:
     """Where the value model starts: `ppo.value_init`, auto resolved (reward when the reward model is the adapter on
     the shared base, else sft)."""
@@ -193,7 +208,8 @@ def value_init(spec, reward) -> str:
 
 
 def one_iteration(backbone, recipe, folder, state: State, optimizer, controller, rollout_prompts: Prompts,
-                  held_out: Prompts, scorer, judges: dict, iteration: int, indices: list[int], kl_limit: float) -> dict:
+                  held_out: Prompts, scorer, judges: dict, iteration: int, indices: list[int], kl_limit: float,
+                  sampler=None) -> dict:
     """Step 3: a-c (see `iterate`), then d: adapt beta, log, alarms, a held-out check every eval_every that
     keeps the best policy, a checkpoint every checkpoint_every. Returns the iteration's logged numbers."""
     spec = recipe.ppo
@@ -206,7 +222,7 @@ def one_iteration(backbone, recipe, folder, state: State, optimizer, controller,
     mine = [i for i in distributed.share(indices) for _ in range(spec.answers)]
     numbers = iterate(backbone, [rollout_prompts.ids[i] for i in mine], [rollout_prompts.texts[i] for i in mine],
                       scorer, spec, controller.value, optimizer, generator,
-                      spec.max_new_tokens or recipe.max_response_tokens, iteration)
+                      spec.max_new_tokens or recipe.max_response_tokens, iteration, sampler=sampler)
     if iteration == 1:
         state.sft_length = numbers["response_length"]  # policy == sft in the first rollout
     found = iteration_alarms(numbers["kl"], kl_limit, numbers["response_length"], state.sft_length, spec.length_alarm)
@@ -237,15 +253,16 @@ def one_iteration(backbone, recipe, folder, state: State, optimizer, controller,
 
 
 def iterate(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, spec, beta: float, optimizer,
-            generator: torch.Generator, max_new_tokens: int, iteration: int) -> dict[str, float]:
-    """One PPO iteration, steps a-c: rollout, per-token rewards and advantages, the epochs of updates.
+            generator: torch.Generator, max_new_tokens: int, iteration: int, sampler=None) -> dict[str, float]:
+    """One PPO iteration, steps a-c: rollout, per-token rewards and advantages, the epochs of updates. `sampler`: the
+    MergedPolicy that samples rollouts (refreshed after the update), or None: the quantized policy samples.
 
     With data parallelism, each process generates and trains on its share of the batch; rewards, advantages,
     their whitening and the numbers logged are those of the whole batch (every process computes the same).
     Refuses to update on non-finite rollout numbers (the adapters stay as the last good iteration left them)."""
     # a. rollout
     rollout = collect(backbone, prompt_ids, prompts, scorer, spec.temperature, spec.top_k, max_new_tokens,
-                      keep_encoder_states=not spec.train_encoder, critic=spec.critic)
+                      keep_encoder_states=not spec.train_encoder, critic=spec.critic, sampler=sampler)
     everyone = gathered(rollout)
     mask = everyone.batch.response_mask.float()
     lengths = everyone.batch.response_lengths
@@ -262,6 +279,8 @@ def iterate(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, s
                "seconds_generate": rollout.seconds["generate"], "seconds_score": rollout.seconds["score"]}
     if spec.critic:
         numbers["explained_variance"] = explained_variance(everyone.values, returns, mask).item()
+    if rollout.logprob_gap is not None:
+        numbers["rollout_logprob_gap"] = rollout.logprob_gap
     bad = [name for name, value in numbers.items() if not math.isfinite(value)]
     if bad:
         raise LorahfError(f"ppo: {', '.join(bad)} not finite at iteration {iteration}; the adapters are kept as "
@@ -271,6 +290,10 @@ def iterate(backbone, prompt_ids: list[list[int]], prompts: list[str], scorer, s
     mine = distributed.my_rows(len(rollout))
     numbers.update(train_on(backbone, rollout, advantages[mine], None if returns is None else returns[mine], spec,
                             optimizer, generator, iteration, beta))
+    if sampler is not None:
+        started = time.perf_counter()
+        sampler.refresh(backbone)
+        numbers["seconds_update"] += time.perf_counter() - started
     numbers["seconds"] = numbers["seconds_generate"] + numbers["seconds_score"] + numbers["seconds_update"]
     return numbers
 
@@ -386,7 +409,12 @@ def plan_memory(shape, recipe, traced) -> dict[str, int]:
                                   keep_encoder_states=not spec.train_encoder, keep_logits=True,
                                   critic=spec.critic)
     update = traced(lambda s: s.trace_ppo_update(recipe, micro, spec.batch_size))
-    return {"rollout" if rollout >= update else "step": max(rollout, update)}
+    parts = {"rollout" if rollout >= update else "step": max(rollout, update)}
+    if merged_rollouts(spec, recipe.model.quantization, shape.device):
+        from lorahf.plan import base_bytes
+
+        parts["merged copy"] = base_bytes(shape.config, "none", shape.dtype)  # rollout_weights: merged
+    return parts
 
 
 def checks(ppo: dict) -> list[Check]:
