@@ -17,7 +17,9 @@ Per (size, quantization), in a fresh subprocess so that every peak is its own:
   sft     one optimizer step on --sft-batch (prompt, response) pairs, prompt 512 tokens, response 64.
   reward  one step of the pairwise loss on --reward-batch pairs (2 x that many sequences).
   ppo     one `lorahf.stages.ppo.iterate`: --ppo-batch prompts of 512 tokens, 64 sampled tokens each,
-          scored by the reward adapter, 4 epochs of minibatch --ppo-minibatch (`PPOStage` defaults).
+          scored by the reward adapter, 4 epochs of minibatch --ppo-minibatch (`PPOStage` defaults; --advantage
+          rloo or grpo: --ppo-batch answers, 4 to a prompt, no value pass; --rollout-weights merged: sampled from
+          an unquantized copy of the base with the policy folded in, its memory in the peak).
 Each phase: --warmup untimed steps, then --steps timed ones (CUDA synchronised); the peak is
 `torch.cuda.max_memory_allocated` over that phase, reset before it (weights included). With
 `--checkpointing`, sft and reward run a second time with gradient checkpointing on.
@@ -64,6 +66,10 @@ def main() -> None:
     parser.add_argument("--reward-batch", type=int, default=4)
     parser.add_argument("--ppo-batch", type=int, default=16)
     parser.add_argument("--ppo-minibatch", type=int, default=4)
+    parser.add_argument("--advantage", choices=("gae", "rloo", "grpo"), default="gae",
+                        help="ppo.advantage (rloo, grpo: --ppo-batch answers, 4 to a prompt, no value adapter)")
+    parser.add_argument("--rollout-weights", choices=("quantized", "merged"), default="quantized",
+                        help="ppo.rollout_weights (merged: sample from an unquantized copy with the policy folded in)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per phase (PPO: iterations)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--checkpointing", action="store_true", help="also time sft and reward with gradient "
@@ -121,6 +127,7 @@ def _child(extra: list[str], seconds: float, args) -> dict | str | None:
     command = [sys.executable, __file__, *extra, "--device", args.device,
                "--sft-batch", str(args.sft_batch), "--reward-batch", str(args.reward_batch),
                "--ppo-batch", str(args.ppo_batch), "--ppo-minibatch", str(args.ppo_minibatch),
+               "--advantage", args.advantage, "--rollout-weights", args.rollout_weights,
                "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--checkpointing"] if args.checkpointing
                                                                             else [])
     try:
@@ -248,6 +255,7 @@ def measure(size: str, quantization: str, model: str, args) -> dict:
                        "ratio": (base + roles) / (4 * base + roles) if cuda else report.ratio,
                        "tensor_ratio": report.ratio, "parameters": sum(p.numel() for p in backbone.model.parameters())},
               "device": torch.cuda.get_device_name() if cuda else "cpu",
+              "ppo_settings": {"advantage": args.advantage, "rollout_weights": args.rollout_weights},
               "versions": _versions()}
     print("RESULT " + json.dumps(result), flush=True)
     generator = torch.Generator(device="cpu").manual_seed(0)
@@ -344,21 +352,23 @@ def _ppo(backbone, tokens, args):
     import torch
 
     from lorahf.reward_model import SharedReward
-    from lorahf.ppo.update import make_optimizer
+    from lorahf.ppo.rollout_weights import MergedPolicy
+    from lorahf.ppo.update import make_optimizer, trained_roles
     from lorahf.recipe import DataSpec, PPOStage
     from lorahf.stages.ppo import iterate
 
     backbone.model.eval()
-    backbone.set_trainable("policy", "value")
     spec = PPOStage(data=DataSpec(files=["unused.jsonl"]), batch_size=args.ppo_batch,
-                    minibatch_size=args.ppo_minibatch)
+                    minibatch_size=args.ppo_minibatch, advantage=args.advantage, rollout_weights=args.rollout_weights)
+    backbone.set_trainable(*trained_roles(spec))  # the value adapter stays, unused, without gae
     optimizer = make_optimizer(backbone, spec)
     scorer = SharedReward(backbone, None)  # the reward adapter (its __call__ needs no recipe)
+    sampler = MergedPolicy(backbone) if args.rollout_weights == "merged" else None  # its memory counts in the peak
 
     def step(i: int) -> None:
-        prompts = tokens(args.ppo_batch, PROMPT_TOKENS)
+        prompts = [ids for ids in tokens(args.ppo_batch // spec.answers, PROMPT_TOKENS) for _ in range(spec.answers)]
         numbers = iterate(backbone, prompts, [""] * len(prompts), scorer, spec, spec.beta, optimizer,
-                          torch.Generator().manual_seed(i), RESPONSE_TOKENS, i + 1)
+                          torch.Generator().manual_seed(i), RESPONSE_TOKENS, i + 1, sampler=sampler)
         step.lengths.append(numbers["response_length"])
     step.lengths = []
     return step

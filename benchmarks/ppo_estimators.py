@@ -2,7 +2,7 @@
 SFT and one reward model; which policy the gold judge prefers to sft, how far each moved, and what each cost.
 
     python benchmarks/ppo_estimators.py --from-run runs/quickstart              # gae, rloo, grpo
-    python benchmarks/ppo_estimators.py --from-run runs/quickstart --estimators gae rloo
+    python benchmarks/ppo_estimators.py --from-run runs/quickstart --estimators rloo --set ppo.answers_per_prompt=2
 
 `--from-run` is a finished `recipes/quickstart.yaml` run: its sft and reward adapters (and their stage markers)
 are copied into one fresh run folder per estimator, so every policy starts from the same SFT and learns against
@@ -45,10 +45,11 @@ def fresh_run(source: Path, target: Path) -> None:
                                                   if json.loads(line)["stage"] in ("sft", "reward")))
 
 
-def run(name: str, estimator: str, output_dir: str) -> dict:
+def run(name: str, estimator: str, output_dir: str, overrides: list[str]) -> dict:
     """ppo and evaluate of one estimator in their own process: wall seconds and peak resident memory."""
     command = [sys.executable, "-m", "lorahf", "run", RECIPE, "--set", f"name={name}",
                "--set", f"output_dir={output_dir}", "--set", f"ppo.advantage={estimator}"]
+    command += [part for override in overrides for part in ("--set", override)]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO)
     _, status, usage = os.wait4(process.pid, 0)
@@ -57,11 +58,11 @@ def run(name: str, estimator: str, output_dir: str) -> dict:
     return {"wall_s": time.perf_counter() - started, "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
-def figures(folder: Path, process: dict, estimator: str) -> dict:
+def figures(folder: Path, process: dict, estimator: str, overrides: list[str]) -> dict:
     ppo = json.loads((folder / "stages" / "ppo.json").read_text())
     evaluate = json.loads((folder / "stages" / "evaluate.json").read_text())["metrics"]
     assert "value" not in [p.name for p in (folder / "adapters").iterdir()] or estimator == "gae"
-    return {"estimator": estimator, "ppo_wall_s": ppo["wall_s"],
+    return {"estimator": estimator, "overrides": overrides, "ppo_wall_s": ppo["wall_s"],
             "seconds_per_iteration": ppo["metrics"]["seconds_per_iteration"],
             "peak_rss_mib": process["peak_rss_mib"], "process_wall_s": process["wall_s"],
             "gold_win_rate": evaluate["win_rate.gold"], "gold_interval": evaluate["win_rate_ci.gold"],
@@ -74,7 +75,7 @@ def table(rows: list[dict]) -> str:
              "s / iteration | peak RSS MiB |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         low, high = r["gold_interval"]
-        lines.append(f"| {r['estimator']} | {r['gold_win_rate']:.3f} [{low:.2f}, {high:.2f}] | "
+        lines.append(f"| {' '.join([r['estimator'], *r['overrides']])} | {r['gold_win_rate']:.3f} [{low:.2f}, {high:.2f}] | "
                      f"{r['reward_win_rate']:.3f} | {r['kl']:.2f} | {r['ppo_wall_s']:.0f} | "
                      f"{r['seconds_per_iteration']:.2f} | {r['peak_rss_mib']:.0f} |")
     return "\n".join(lines)
@@ -85,14 +86,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--from-run", type=Path, required=True, help="a finished quickstart run (sft and reward)")
     parser.add_argument("--estimators", nargs="+", default=["gae", "rloo", "grpo"], choices=["gae", "rloo", "grpo"])
     parser.add_argument("--output-dir", default="runs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="another recipe override for every run, e.g. ppo.answers_per_prompt=2 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
     args = parser.parse_args(argv)
     rows = []
     for estimator in args.estimators:
-        name = f"estimators-{estimator}"
+        name = "-".join(["estimators", estimator, *(o.split(".")[-1].replace("=", "") for o in args.overrides)])
         folder = REPO / args.output_dir / name
         fresh_run(args.from_run.resolve(), folder)
-        rows.append(figures(folder, run(name, estimator, args.output_dir), estimator))
+        rows.append(figures(folder, run(name, estimator, args.output_dir, args.overrides), estimator, args.overrides))
         print(table(rows[-1:]), flush=True)
     print(table(rows))
     if args.out:
