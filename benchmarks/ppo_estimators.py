@@ -12,7 +12,8 @@ every estimator (60 iterations of 32 answers, its learning rates, seed 0); rloo 
 an iteration (ppo.answers_per_prompt's default), gae 32 prompts once. (Another seed would retrain sft and reward:
 `seed` is part of every stage's hash.)
 
-Per run: ppo's wall time and median seconds per iteration, peak resident memory of the process, evaluate's gold
+Per run: the iteration whose policy was kept (ppo.best_by, checked every 10), ppo's wall time and median seconds
+per iteration, peak resident memory of the process, evaluate's gold
 win rate over sft with its 95 % interval, the reward model's win rate and the KL to sft per answer. Prints a
 Markdown table and writes the figures as JSON (`--out`).
 """
@@ -63,6 +64,8 @@ def figures(folder: Path, process: dict, estimator: str, overrides: list[str]) -
     evaluate = json.loads((folder / "stages" / "evaluate.json").read_text())["metrics"]
     assert "value" not in [p.name for p in (folder / "adapters").iterdir()] or estimator == "gae"
     return {"estimator": estimator, "overrides": overrides, "ppo_wall_s": ppo["wall_s"],
+            "best_iteration": ppo["metrics"]["best_iteration"], "iterations": ppo["metrics"]["iterations"],
+            "score_first": ppo["metrics"]["score_first"], "score_last": ppo["metrics"]["score_last"],
             "seconds_per_iteration": ppo["metrics"]["seconds_per_iteration"],
             "peak_rss_mib": process["peak_rss_mib"], "process_wall_s": process["wall_s"],
             "gold_win_rate": evaluate["win_rate.gold"], "gold_interval": evaluate["win_rate_ci.gold"],
@@ -71,12 +74,13 @@ def figures(folder: Path, process: dict, estimator: str, overrides: list[str]) -
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| estimator | gold win rate over sft [95 %] | reward win rate | KL (nats) | ppo wall s | "
-             "s / iteration | peak RSS MiB |", "|---|---|---|---|---|---|---|"]
+    lines = ["| estimator | gold win rate over sft [95 %] | reward win rate | KL (nats) | best at iteration | "
+             "ppo wall s | s / iteration | peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         low, high = r["gold_interval"]
         lines.append(f"| {' '.join([r['estimator'], *r['overrides']])} | {r['gold_win_rate']:.3f} [{low:.2f}, {high:.2f}] | "
-                     f"{r['reward_win_rate']:.3f} | {r['kl']:.2f} | {r['ppo_wall_s']:.0f} | "
+                     f"{r['reward_win_rate']:.3f} | {r['kl']:.2f} | {r['best_iteration']} of {r['iterations']} | "
+                     f"{r['ppo_wall_s']:.0f} | "
                      f"{r['seconds_per_iteration']:.2f} | {r['peak_rss_mib']:.0f} |")
     return "\n".join(lines)
 
