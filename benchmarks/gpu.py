@@ -353,14 +353,14 @@ def _ppo(backbone, tokens, args):
 
     from lorahf.reward_model import SharedReward
     from lorahf.ppo.rollout_weights import MergedPolicy
-    from lorahf.ppo.update import make_optimizer, trained_roles
+    from lorahf.ppo.update import make_optimizer
     from lorahf.recipe import DataSpec, PPOStage
     from lorahf.stages.ppo import iterate
 
     backbone.model.eval()
     spec = PPOStage(data=DataSpec(files=["unused.jsonl"]), batch_size=args.ppo_batch,
                     minibatch_size=args.ppo_minibatch, advantage=args.advantage, rollout_weights=args.rollout_weights)
-    backbone.set_trainable(*trained_roles(spec))  # the value adapter stays, unused, without gae
+    backbone.set_trainable(*spec.trained_roles)  # the value adapter stays, unused, without gae
     optimizer = make_optimizer(backbone, spec)
     scorer = SharedReward(backbone, None)  # the reward adapter (its __call__ needs no recipe)
     sampler = MergedPolicy(backbone) if args.rollout_weights == "merged" else None  # its memory counts in the peak

@@ -53,7 +53,7 @@ def main() -> None:
     from lorahf.data import encode_prompts
     from lorahf.reward_model import SharedReward
     from lorahf.ppo.rollout_weights import MergedPolicy
-    from lorahf.ppo.update import make_optimizer, trained_roles
+    from lorahf.ppo.update import make_optimizer
     from lorahf.recipe import DataSpec, LoraSpec, PPOStage
     from lorahf.stages.ppo import iterate
 
@@ -69,7 +69,7 @@ def main() -> None:
                     rollout_weights=args.rollout_weights)
     if spec.critic:
         backbone.copy_adapter("reward", "value")
-    backbone.set_trainable(*trained_roles(spec))
+    backbone.set_trainable(*spec.trained_roles)
 
     with open(args.data, encoding="utf-8") as handle:  # read as TRL's worker reads it: data loading is not timed
         texts = [json.loads(line)["document"] for line in handle if line.strip()]

@@ -369,9 +369,9 @@ class Shape:
         rollout keeps for the update (those encoder outputs; a decoder-only model keeps none). The losses on top are
         a few [B, R] tensors; `update._loss_and_backward` itself reads numbers (`.item()`), which meta tensors do
         not have."""
-        from lorahf.ppo.update import policy_and_values, trained_roles
+        from lorahf.ppo.update import policy_and_values
 
-        trained = trained_roles(recipe.ppo)
+        trained = recipe.ppo.trained_roles
         heads = tuple(role for role in trained if role in SCORING)
         with self.backbone(recipe, trained, heads=heads) as backbone:
             backbone.set_trainable(*trained)

@@ -234,16 +234,6 @@ class PPOStage(Section):
     """Responses over which the adaptive controller moves beta by its full (clipped) error."""
     kl_estimator: Literal["k1", "k3"] = "k1"
     """Per-token KL estimate: k1 = log p - log q (the paper's), or k3 (never negative per token, lower variance)."""
-
-    @property
-    def answers(self) -> int:
-        """Answers per prompt, `answers_per_prompt` resolved."""
-        return self.answers_per_prompt or (1 if self.advantage == "gae" else 4)
-
-    @property
-    def critic(self) -> bool:
-        """Whether a value model trains beside the policy (gae)."""
-        return self.advantage == "gae"
     whiten_rewards: bool = False
     """Normalise each batch's token rewards to unit variance; off: the reward model is already centred by its offset."""
     whiten_advantages: bool = True
@@ -284,6 +274,21 @@ class PPOStage(Section):
     """Alarm when the mean response length moves more than this fraction away from sft's."""
     allow_weak_reward: bool = False
     """Run even when the reward stage's quality gate failed (its held-out accuracy was below reward.min_accuracy)."""
+
+    @property
+    def answers(self) -> int:
+        """Answers per prompt, `answers_per_prompt` resolved."""
+        return self.answers_per_prompt or (1 if self.advantage == "gae" else 4)
+
+    @property
+    def critic(self) -> bool:
+        """Whether a value model trains beside the policy (gae)."""
+        return self.advantage == "gae"
+
+    @property
+    def trained_roles(self) -> tuple[str, ...]:
+        """The roles the stage trains and writes: the policy, and the value model where the advantage needs one."""
+        return (roles.POLICY, roles.VALUE) if self.critic else (roles.POLICY,)
 
 
 class DPOStage(TrainingSpec):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from lorahf.backbone import generate_with
+from lorahf.backbone import _compute_dtype, generate_with
 from lorahf.roles import POLICY
 
 
@@ -36,7 +36,7 @@ class MergedPolicy:
 
         self.role = role
         self.family, self.tokenizer = backbone.family, backbone.tokenizer
-        self.model = meta_model(backbone.base.config, _compute_dtype(backbone)).to_empty(device=backbone.device)
+        self.model = meta_model(backbone.base.config, _compute_dtype(backbone.device)).to_empty(device=backbone.device)
         self.model.requires_grad_(False)
         self.model.eval()
         self._folded: list[tuple[torch.Tensor, torch.nn.Module]] = []  # (copy's weight, the backbone's LoRA layer)
@@ -88,8 +88,3 @@ def dense_weight(layer: torch.nn.Module) -> torch.Tensor:
 
         return F.dequantize_4bit(weight.data, weight.quant_state)
     return weight
-
-
-def _compute_dtype(backbone) -> torch.dtype:
-    """The dtype the base computes in: that of its first floating-point parameter (the norms stay unquantized)."""
-    return next(p.dtype for p in backbone.base.parameters() if p.is_floating_point())

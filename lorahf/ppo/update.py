@@ -20,17 +20,12 @@ from lorahf.ppo.math import kl_estimate, masked_mean, policy_loss, value_loss
 from lorahf.ppo.rollout import POLICY, VALUE, Rollout, repeat, take
 
 
-def trained_roles(spec) -> tuple[str, ...]:
-    """The roles the update trains: the policy, and the value model where the advantage needs one (gae)."""
-    return (POLICY, VALUE) if spec.critic else (POLICY,)
-
-
 def make_optimizer(backbone, spec) -> torch.optim.Optimizer:
     """One AdamW with a parameter group per trained role, each at its own learning rate (the encoders'
     adapters only with `spec.train_encoder`)."""
     rates = {POLICY: spec.policy_learning_rate, VALUE: spec.value_learning_rate}
     return torch.optim.AdamW([{"params": backbone.parameters(role, spec.train_encoder), "lr": rates[role], "name": role}
-                              for role in trained_roles(spec)],
+                              for role in spec.trained_roles],
                              weight_decay=0.0, fused=True)  # fused: one kernel per step, not a dozen per tensor
 
 
@@ -45,7 +40,7 @@ def train_on(backbone, rollout: Rollout, advantages: torch.Tensor, returns: torc
     the processes' gradients are added up before the step. `beta` weighs the KL term of the loss
     (`spec.kl_penalty` loss; else unused)."""
     started = time.perf_counter()
-    backbone.set_trainable(*trained_roles(spec))
+    backbone.set_trainable(*spec.trained_roles)
     backbone.model.eval()  # dropout off during RL
     size = len(rollout)
     minibatch_size = spec.minibatch_size // distributed.world()
@@ -79,7 +74,7 @@ def _loss_and_backward(backbone, rollout: Rollout, advantages, returns, spec, ro
     encoder_states = None
     if rollout.encoder_states is not None:  # frozen encoders: their outputs from the rollout
         prompt_width = batch.input_ids.shape[1]
-        encoder_states = torch.cat([rollout.encoder_states[role][rows, :prompt_width] for role in trained_roles(spec)])
+        encoder_states = torch.cat([rollout.encoder_states[role][rows, :prompt_width] for role in spec.trained_roles])
     logprobs, values = policy_and_values(backbone, batch, encoder_states, spec.temperature, spec.critic)
     policy, stats = policy_loss(logprobs, rollout.logprobs[rows, :width], advantages[rows, :width], mask,
                                 spec.policy_clip, tokens)

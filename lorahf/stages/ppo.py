@@ -41,7 +41,7 @@ from lorahf.ppo.math import (AdaptiveKLController, FixedKLController, explained_
                              kl_estimate, masked_mean, rloo_advantages, sequence_to_tokens, token_rewards, whiten)
 from lorahf.ppo.rollout import POLICY, REFERENCE, REWARD, VALUE, JudgeScorer, collect, gathered
 from lorahf.ppo.rollout_weights import MergedPolicy
-from lorahf.ppo.update import make_optimizer, train_on, trained_roles
+from lorahf.ppo.update import make_optimizer, train_on
 from lorahf.report import Check, judged_comparisons, scalar_table, series
 from lorahf.reward_model import of_run
 from lorahf.roles import POLICY_LAST
@@ -166,17 +166,18 @@ def start(recipe, backbone, folder, progress, reward):
     Returns (state, optimizer, controller)."""
     spec = recipe.ppo
     ensure_adapter(backbone, folder, REFERENCE, needed_by="ppo")
-    trained = trained_roles(spec)
+    trained = spec.trained_roles
     saved = read_checkpoint("ppo", backbone, folder, recipe.stage_hash("ppo"), progress, trained, "iteration")
     state = State(**saved["state"]) if saved else None
     if state is None:
         backbone.copy_adapter(REFERENCE, POLICY)
-        if spec.critic and value_init(spec, reward) == "reward":
-            backbone.copy_adapter(REWARD, VALUE)
-            backbone.head(VALUE).likelihood.fill_(False)  # per-token values read the head alone
-        elif spec.critic:
-            backbone.copy_adapter(REFERENCE, VALUE)
-            backbone.add_head(VALUE)
+        if spec.critic:
+            if value_init(spec, reward) == "reward":
+                backbone.copy_adapter(REWARD, VALUE)
+                backbone.head(VALUE).likelihood.fill_(False)  # per-token values read the head alone
+            else:
+                backbone.copy_adapter(REFERENCE, VALUE)
+                backbone.add_head(VALUE)
         state = State()
     backbone.set_trainable(*trained)
     optimizer = make_optimizer(backbone, spec)
@@ -248,7 +249,7 @@ def one_iteration(backbone, recipe, folder, state: State, optimizer, controller,
     numbers["alarms"] = found
     folder.log_metrics("ppo", iteration, numbers)
     if iteration % spec.checkpoint_every == 0 and iteration < spec.iterations:
-        save_checkpoint("ppo", backbone, folder, recipe.stage_hash("ppo"), trained_roles(spec), state, optimizer)
+        save_checkpoint("ppo", backbone, folder, recipe.stage_hash("ppo"), spec.trained_roles, state, optimizer)
     return numbers
 
 

@@ -120,7 +120,7 @@ STAGES: tuple[Stage, ...] = (
           levers=(("ppo.micro_batch_size", "halve"), ("ppo.batch_size", "halve"), ("max_prompt_tokens", "shorten"),
                   ("model.quantization", "4bit")),
           policy_adapter=lambda recipe: roles.POLICY,
-          created_by=lambda recipe: (roles.POLICY, roles.VALUE) if recipe.ppo.critic else (roles.POLICY,)),
+          created_by=lambda recipe: recipe.ppo.trained_roles),
     Stage("dpo", "DPOStage", needs=("sft",), creates=(roles.POLICY,), reads=(roles.SFT,), data="preference",
           data_from=("reward",),
           memory_hint="lower dpo.batch_size or max_response_tokens, or set model.gradient_checkpointing: true",
