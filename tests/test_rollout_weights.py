@@ -58,7 +58,8 @@ def _copy_kl(backbone, sampler, batch) -> float:
 
 def test_an_unquantized_bases_merged_copy_answers_exactly_as_the_policy(tiny_model_dir):
     """Without quantization the copy's weights are the base's plus B·A·scale: greedy answers and their logits are the
-    policy adapter's own (float rounding apart)."""
+    policy adapter's own, float rounding apart (KL measured 0 to 1.3e-8 a token, with the samples of other test
+    orders; 8-bit's is 8e-5)."""
     backbone = Backbone.load(str(tiny_model_dir), quantization="none")
     try:
         _policy(backbone)
@@ -67,7 +68,7 @@ def test_an_unquantized_bases_merged_copy_answers_exactly_as_the_policy(tiny_mod
         ours = backbone.use("policy").generate(batch, 16, return_logits=True)
         theirs = sampler.generate(batch, 16, return_logits=True)
         assert torch.equal(ours[0], theirs[0]) and torch.allclose(ours[2], theirs[2], atol=1e-4)
-        assert _copy_kl(backbone, sampler, batch) < 1e-9
+        assert _copy_kl(backbone, sampler, batch) < 1e-6
     finally:
         backbone.close()
 
