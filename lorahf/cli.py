@@ -364,7 +364,7 @@ def plan(recipe: str, gpu_memory: str | None, overrides: tuple[str, ...]) -> Non
       lorahf plan recipes/flan-t5-xl.yaml --gpu-memory 12GiB
     """
     from lorahf import recipe as recipes
-    from lorahf.plan import GIB, REWARD_MODEL, advise, needed, parse_memory, plan as plan_memory
+    from lorahf.plan import GIB, MERGED_COPY, REWARD_MODEL, advise, needed, parse_memory, plan as plan_memory
 
     loaded = recipes.load(recipe, list(overrides))
     budget = parse_memory(gpu_memory) if gpu_memory else None
@@ -372,8 +372,9 @@ def plan(recipe: str, gpu_memory: str | None, overrides: tuple[str, ...]) -> Non
     table = Table(title=f"{recipe}: {loaded.model.name}, {loaded.model.quantization}, prompts {loaded.max_prompt_tokens}"
                         f" + responses {loaded.max_response_tokens} tokens (GiB, peak per stage)", header_style="bold")
     columns = [("base", "base"), ("adapters", "adapters")]
-    if any(REWARD_MODEL in stage.parts for stage in stages):
-        columns.append(("reward model", REWARD_MODEL))
+    for part in (REWARD_MODEL, MERGED_COPY):  # parts only some recipes hold
+        if any(part in stage.parts for stage in stages):
+            columns.append((part, part))
     columns += [("training step", "step"), ("generation", "rollout")]
     for title in ("stage", *(title for title, _ in columns), "peak") + (("fits",) if budget else ()):
         table.add_column(title, justify="left" if title == "stage" else "right")

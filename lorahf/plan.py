@@ -44,6 +44,7 @@ from lorahf.stages import registry
 GIB = 2 ** 30
 FP32 = 4
 REWARD_MODEL = "reward model"  # the part a reward model on its own encoder holds: its weights (and LoRA adapter)
+MERGED_COPY = "merged copy"  # ppo.rollout_weights merged: the unquantized copy of the base rollouts are sampled from
 
 
 @dataclass

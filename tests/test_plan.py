@@ -310,3 +310,16 @@ def test_a_critic_free_update_is_planned_without_the_value_models_rows(tiny_mode
                               shape.rollout_bytes(16, 64, 16, True, False, critic=recipe.ppo.critic))
     assert planned["rloo"][0] == pytest.approx(planned["gae"][0] / 2, rel=0.05), planned
     assert planned["rloo"][1] < planned["gae"][1], planned
+
+
+def test_plan_counts_and_shows_the_merged_copy_of_merged_rollouts():
+    """ppo.rollout_weights: merged holds an unquantized copy of the base through PPO: its own column, in ppo's peak."""
+    path = str(REPO / "recipes" / "flan-t5-base.yaml")
+    merged = CliRunner().invoke(main, ["plan", path, "--set", "ppo.rollout_weights=merged"])
+    plain = CliRunner().invoke(main, ["plan", path])
+    assert merged.exit_code == plain.exit_code == 0, merged.output
+    assert "merged copy" in merged.output and "merged copy" not in plain.output
+
+    def peak(output: str) -> float:
+        return float(re.search(r"│ ppo .*│\s*([\d.]+) │", output)[1])
+    assert peak(merged.output) - peak(plain.output) == pytest.approx(0.46, abs=0.02)  # the bf16 copy of 248M weights

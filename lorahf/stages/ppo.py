@@ -412,9 +412,9 @@ def plan_memory(shape, recipe, traced) -> dict[str, int]:
     update = traced(lambda s: s.trace_ppo_update(recipe, micro, spec.batch_size))
     parts = {"rollout" if rollout >= update else "step": max(rollout, update)}
     if merged_rollouts(spec, recipe.model.quantization, shape.device):
-        from lorahf.plan import base_bytes
+        from lorahf.plan import MERGED_COPY, base_bytes
 
-        parts["merged copy"] = base_bytes(shape.config, "none", shape.dtype)  # rollout_weights: merged
+        parts[MERGED_COPY] = base_bytes(shape.config, "none", shape.dtype)
     return parts
 
 
