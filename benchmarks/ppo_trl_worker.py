@@ -10,7 +10,7 @@ accelerate and bitsandbytes versions of the repository's .venv. It imports nothi
 The shape, the same as ppo_ours_worker.py's:
   model       the T5 in --model, loaded 8-bit (`BitsAndBytesConfig(load_in_8bit=True)`, device_map cpu), then
               `AutoModelForSeq2SeqLMWithValueHead.from_pretrained(that model, peft_config=LoRA r16, alpha 32,
-              dropout 0.05 on q, k, v, o, wi_0, wi_1, wo, use_gradient_checkpointing=False)`. Given a model
+              dropout 0 on q, k, v, o, wi_0, wi_1, wo, use_gradient_checkpointing=False)`. Given a model
               object that is loaded in 8 bits, TRL calls `peft.prepare_model_for_kbit_training` with the
               keyword arguments that function takes, as a TRL user's 8-bit run does; its default would
               turn gradient checkpointing on (about twice the generation time), hence False. (Given a
@@ -57,7 +57,7 @@ PPO_EPOCHS = 4
 MINI_BATCH = 4
 THREADS = 2
 TEMPLATE = "summarize: {document}"
-LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]}
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]}
 THE = re.compile(r"\bthe\b", re.IGNORECASE)
 
 

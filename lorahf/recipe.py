@@ -50,8 +50,10 @@ class LoraSpec(Section):
     """Rank of the LoRA update; 16 learned the tiny task as well as full fine-tuning."""
     alpha: float = Field(32, gt=0)
     """LoRA scaling numerator (the update is scaled by alpha / r); 2 x r is the common choice."""
-    dropout: float = Field(0.05, ge=0, lt=1)
-    """Dropout on the LoRA input during SFT and reward training (RL runs in eval mode, so none there)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA input during SFT and reward training (RL runs in eval mode, so none there). 0, as in peft:
+    any other value makes every adapted layer keep a dropped copy of its input for the backward pass; measured on
+    the quickstart's SFT, 0.05 cost a quarter of each step's time for the same held-out loss."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     """Linear layers that get an adapter: all-linear (every linear layer of the blocks, as peft finds them: T5's q, k,
     v, o, wi_0, wi_1, wo; Llama's q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; never the LM head) is
