@@ -4,24 +4,25 @@
         --data examples/summaries/data/prompts.jsonl --iterations 5 --warmup 1 --seed 0
 
 The shape, the same as ppo_trl_worker.py's:
-  model       the T5 in --model, loaded once by `Backbone.load(..., "8bit")`; four LoRA adapters on it, each
-              r16, alpha 32, dropout 0.05 on q, k, v, o, wi_0, wi_1, wo (`lorahf.recipe.LoraSpec()`): `sft`
-              (the frozen reference), `reward` (frozen, with its scalar head), `policy` (a copy of sft) and
-              `value` (a copy of reward, head included); policy and value train. The adapters are fresh
-              (lora_B = 0), so every role starts as the base, as TRL's single adapter does. With --advantage
-              rloo or grpo there is no value adapter, and the 16 answers are 4 prompts answered 4 times.
+  model       the T5 in --model, loaded once by `Backbone.load(..., "8bit")`; LoRA adapters on it, each r16,
+              alpha 32, dropout 0 on q, k, v, o, wi_0, wi_1, wo (`lorahf.recipe.LoraSpec()`): `sft` (the frozen
+              reference), `reward` (frozen, with its scalar head) and `policy` (a copy of sft, trained); with
+              --advantage gae also `value` (a copy of reward, head included, trained). The adapters are fresh
+              (lora_B = 0), so every role starts as the base, as TRL's single adapter does. With rloo (the
+              default) or grpo the 16 answers are 4 prompts answered 4 times; with gae, 16 prompts once.
   prompts     "summarize: {document}" for each row of --data, `encode_prompts(..., 48)`: the first 47 tokens
               and EOS. Batch i takes the 16 prompts from position 16 i on, wrapping around, warm-up first.
   generation  sampling, temperature 1, top_k 0, at most 32 new tokens, all 16 prompts in one batch, in eval
               mode (no dropout).
   reward      the `reward` adapter's forward pass and head (more work than TRL's rule on the text).
-  update      4 PPO epochs of minibatch 4 (`PPOStage` defaults otherwise: separate learning rates, beta 0.05,
-              train_encoder off: the decoder's adapters train, the encoders' outputs come from the rollout).
+  update      `PPOStage` defaults: rloo, 2 epochs of minibatch 4 (--advantage gae: 4 epochs, as TRL's), separate
+              learning rates, beta 0.05, train_encoder off: the decoder's adapters train, the encoders' outputs
+              come from the rollout.
 `torch.set_num_threads(2)`.
 
 Prints one line of JSON last on stdout, in the protocol of ppo_trl_worker.py: seconds = generate + reward +
 update per timed iteration, where "reward" is everything the frozen roles read (the reward's score, sft's
-and the rollout policy's log-probs, the value's estimates) and "update" the 4 x 4 minibatch steps.
+and the rollout policy's log-probs, the value's estimates) and "update" the epochs x 4 minibatch steps.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ TEMPLATE = "summarize: {prompt}"
 def main() -> None:
     parser = worker_parser(__doc__.split("\n")[0])
     parser.add_argument("--train-encoder", action="store_true", help="train the encoders' adapters too (as TRL does)")
-    parser.add_argument("--advantage", choices=("gae", "rloo", "grpo"), default="gae",
-                        help="ppo.advantage: rloo and grpo answer each of 4 prompts 4 times (16 answers, as gae's 16 "
-                             "prompts once each) and hold no value adapter")
+    parser.add_argument("--advantage", choices=("gae", "rloo", "grpo"), default=None,
+                        help="ppo.advantage (default: PPOStage's, rloo): rloo and grpo answer each of 4 prompts 4 "
+                             "times (16 answers, as gae's 16 prompts once each) and hold no value adapter")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="ppo.epochs (default: PPOStage's, 4 for gae and 2 for rloo and grpo)")
     parser.add_argument("--rollout-weights", choices=("quantized", "merged"), default="quantized",
                         help="ppo.rollout_weights: merged samples from an unquantized copy with the policy folded in")
     args = parser.parse_args()
@@ -64,9 +67,9 @@ def main() -> None:
     backbone.add_adapter("sft", lora)
     backbone.add_adapter("reward", lora, head=True)
     backbone.copy_adapter("sft", "policy")
-    spec = PPOStage(data=DataSpec(files=[args.data]), batch_size=BATCH, epochs=4, minibatch_size=4,
-                    temperature=1.0, top_k=0, train_encoder=args.train_encoder, advantage=args.advantage,
-                    rollout_weights=args.rollout_weights)
+    chosen = {key: value for key, value in (("advantage", args.advantage), ("epochs", args.epochs)) if value}
+    spec = PPOStage(data=DataSpec(files=[args.data]), batch_size=BATCH, minibatch_size=4, temperature=1.0, top_k=0,
+                    train_encoder=args.train_encoder, rollout_weights=args.rollout_weights, **chosen)
     if spec.critic:
         backbone.copy_adapter("reward", "value")
     backbone.set_trainable(*spec.trained_roles)

@@ -14,10 +14,13 @@ process tree, with OMP_NUM_THREADS=MKL_NUM_THREADS=2 and `torch.set_num_threads(
         constraint (otherwise pip pulls a CUDA build of gigabytes). It is re-installed when those differ.
 Both sides use the same shape: the same tiny T5 (`lorahf make-tiny --data examples/summaries/data`, built
 if missing), an 8-bit base (`BitsAndBytesConfig(load_in_8bit=True)`, on the CPU), LoRA r16, alpha 32,
-dropout 0.05 on q, k, v, o, wi_0, wi_1, wo; batch 16 prompts of "summarize: {document}" cut to exactly
-48 tokens (47 and EOS); 32 new tokens sampled at temperature 1, top_k 0, top_p 1; then 4 PPO epochs of
-minibatch 4 (gradient accumulation 1). The TRL side disables gradient checkpointing, which peft's
-`prepare_model_for_kbit_training` would otherwise turn on for an 8-bit base (it doubles generation time);
+dropout 0 on q, k, v, o, wi_0, wi_1, wo; 16 answers an iteration to prompts of "summarize: {document}" cut to
+exactly 48 tokens (47 and EOS); 32 new tokens sampled at temperature 1, top_k 0, top_p 1; then PPO epochs of
+minibatch 4 (gradient accumulation 1). TRL: its PPO (a value head), 16 prompts, 4 epochs. lorahf: its defaults
+(rloo: 4 prompts answered 4 times, no value model, 2 epochs), or what --ours-args sets, e.g.
+`--ours-args="--advantage gae"` for TRL's own shape (16 prompts once, a value adapter, 4 epochs). The TRL side
+disables gradient checkpointing, which peft's `prepare_model_for_kbit_training` would otherwise turn on for an
+8-bit base (it doubles generation time);
 its reward is a rule on the decoded text (+1 per word "the"), so ours, which runs a reward model, does
 strictly more work per iteration. TRL's reference is the policy with its adapter disabled (ref_model=None).
 

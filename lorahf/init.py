@@ -318,16 +318,16 @@ class Settings:
     reward_eval_fraction: float | None = None
     likelihood_term: bool | None = None
     ppo_iterations: int | None = None
-    ppo_learning_rate: float | None = None  # the policy's and the value's
+    ppo_learning_rate: float | None = None  # the policy's (ppo.advantage rloo, the default, has no value model)
     temperature: float | None = None  # ppo's and evaluate's
     gpu_memory: str | None = "12GiB"  # the card the batch sizes were chosen to fit (None: chosen for learning)
     family: str = "seq2seq"  # the bases these settings were written for: seq2seq (T5) or causal (decoder-only)
 
 
 # lorahf's tiny T5 (`lorahf make-tiny`): recipes/quickstart.yaml's settings, measured there on the CPU
-TINY = Settings("recipes/quickstart.yaml", sft_learning_rate=1e-3, sft_batch_size=16, sft_epochs=10,
+TINY = Settings("recipes/quickstart.yaml", sft_learning_rate=1e-3, sft_batch_size=16, sft_epochs=3,
                 reward_learning_rate=1e-4, reward_batch_size=16, ppo_batch_size=32, ppo_minibatch_size=8,
-                lr_schedule="constant", reward_epochs=2, reward_eval_fraction=0.1, likelihood_term=True,
+                lr_schedule="constant", reward_epochs=1, reward_eval_fraction=0.1, likelihood_term=True,
                 ppo_iterations=60, ppo_learning_rate=2e-4, temperature=1.0, gpu_memory=None)
 TINY_PARAMETERS = 10e6  # under this, a base takes the tiny settings (the tiny T5 has 1.3M, flan-t5-small 77M)
 
@@ -620,7 +620,7 @@ def _ppo_lines(plan: Plan, settings: Settings) -> list[str]:
             _line(f"  minibatch_size: {settings.ppo_minibatch_size}"),
             *_optional("micro_batch_size", settings.ppo_micro_batch_size, "rows per pass: the update's memory"),
             *_optional("temperature", settings.temperature, "sampling at SFT's own distribution"),
-            *_optional("policy_learning_rate", rate), *_optional("value_learning_rate", rate)]
+            *_optional("policy_learning_rate", rate)]
 
 
 def _evaluate_lines(plan: Plan, settings: Settings) -> list[str]:

@@ -36,7 +36,7 @@ def test_two_processes_run_every_stage_like_one_with_the_same_global_batch(tmp_p
     raw = tiny_run_recipe(tmp_path, model, "one", ["sft", "reward"], sft_steps=6,
                           reward={**tiny_reward_section(max_steps=4, eval_every=2), "batch_size": 8},
                           ppo=tiny_ppo_section(iterations=3, epochs=2, minibatch_size=8, top_k=1, eval_every=3, eval_prompts=8,
-                                               eval_greedy=True, checkpoint_every=2),
+                                               eval_greedy=True, checkpoint_every=2, advantage="gae"),
                           evaluate={"max_prompts": 9, "greedy": True})  # 5 and 4 prompts: shares of unequal size
     raw["sft"].update(batch_size=8, eval_every=3)
     raw["lora"] = {"sft": {"dropout": 0.0}, "reward": {"dropout": 0.0}}
@@ -77,7 +77,8 @@ def test_two_processes_run_every_stage_like_one_with_the_same_global_batch(tmp_p
     assert reward[0]["eval_accuracy"] == reward[1]["eval_accuracy"]
 
     # PPO and evaluate in one process, from the very sft and reward adapters the two processes made (their
-    # near-untrained distributions have near-ties that the weights' last bits would tip another way)
+    # near-untrained distributions have near-ties that the weights' last bits would tip another way). gae: with top_k
+    # 1 every answer to a prompt is the same, so rloo's advantages would all be 0
     three = tmp_path / "runs" / "three"
     for part in ("adapters/sft", "adapters/reward", "stages/sft.json", "stages/reward.json"):
         (three / part).parent.mkdir(parents=True, exist_ok=True)

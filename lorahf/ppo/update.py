@@ -32,7 +32,7 @@ def make_optimizer(backbone, spec) -> torch.optim.Optimizer:
 def train_on(backbone, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor | None, spec,
              optimizer: torch.optim.Optimizer, generator: torch.Generator, iteration: int,
              beta: float = 0.0) -> dict[str, float]:
-    """`spec.epochs` passes of minibatch steps over the rollout; the mean of each statistic over the steps.
+    """`spec.passes` epochs of minibatch steps over the rollout; the mean of each statistic over the steps.
 
     Every loss is a mean over the minibatch's tokens, however the minibatch is split (micro-batches, processes),
     so gradient accumulation gives the gradient of the whole minibatch. With data parallelism the rollout is
@@ -47,7 +47,7 @@ def train_on(backbone, rollout: Rollout, advantages: torch.Tensor, returns: torc
     micro = spec.micro_batch_size or minibatch_size
     totals: dict[str, float] = {}
     steps = 0
-    for _ in range(spec.epochs):
+    for _ in range(spec.passes):
         order = torch.randperm(size, generator=generator)
         for start in range(0, size, minibatch_size):
             minibatch = order[start:start + minibatch_size]

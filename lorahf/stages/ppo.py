@@ -5,8 +5,8 @@ written as the numbered steps of Stiennon et al. (2020); the formulas live in lo
 
     0. refuse to start on a reward model that failed its quality gate (unless ppo.allow_weak_reward)
     1. prompts for rollouts; held-out prompts (with references where given) for the checks
-    2. adapters: policy <- sft, value <- reward (adapter and head; or sft and a fresh head, see value_init; no value
-       model with a critic-free advantage); or all of it from the last checkpoint
+    2. adapters: policy <- sft; with advantage gae also value <- reward (adapter and head; or sft and a fresh head,
+       see value_init; rloo, the default, and grpo have no value model); or all of it from the last checkpoint
     3. per iteration:
        a. sample prompts (each answers_per_prompt times), generate with policy; score with reward; log-probs under
           sft and policy, values under value (ppo/rollout.py)
@@ -118,7 +118,7 @@ def run(recipe, backbone, folder, progress) -> dict:
     backbone.load_adapter(POLICY, folder.adapter_dir(POLICY))
     backbone.set_trainable()
     metrics = {"iterations": state.iteration, "advantage": spec.advantage, "answers_per_prompt": spec.answers,
-               **({"value_init": value_init(spec, reward)} if spec.critic else {}), "best_by": spec.best_by,
+               "epochs": spec.passes, **({"value_init": value_init(spec, reward)} if spec.critic else {}), "best_by": spec.best_by,
                "best_iteration": state.best_iteration,
                "best": state.best, "kl_limit": kl_limit, "beta_last": controller.value,
                "seconds_per_iteration": statistics.median(state.seconds) if state.seconds else None,
