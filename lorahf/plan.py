@@ -717,13 +717,20 @@ def _cpu_attention(module, query, key, value, attention_mask, dropout=0.0, scali
                    position_bias=None, **kwargs):
     """transformers' sdpa path as it runs on the CPU. Without dropout, PyTorch's CPU sdpa runs its flash kernel (it
     keeps the output and the log-sum-exp, and reads grouped key/value heads as they are), where the meta device
-    would run the math kernel (the attention matrix, kept): called here by name. T5 (position bias) keeps the path
-    it was validated on (BENCHMARKS.md), transformers' own sdpa traced as it is."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward, use_gqa_in_sdpa
+    would run the math kernel (the attention matrix, kept): called here by name; T5's position bias is its additive
+    mask. With dropout, or a mask that needs a gradient (T5's bias under gradient checkpointing), the CPU runs the
+    math kernel: transformers' own sdpa, traced as it is."""
+    from transformers.integrations.sdpa_attention import (create_position_bias_mask, repeat_kv,
+                                                          sdpa_attention_forward, use_gqa_in_sdpa)
 
-    if position_bias is not None or dropout:
+    bias = None if position_bias is None else create_position_bias_mask(position_bias, attention_mask,
+                                                                        bool(is_causal), query, key)
+    if dropout or (bias is not None and bias.requires_grad):
+        bias = None  # transformers' sdpa makes its own
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal,
                                       position_bias=position_bias, **kwargs)
+    if bias is not None:
+        attention_mask, is_causal = bias, False
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1 and not use_gqa_in_sdpa(attention_mask, key, value):
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
