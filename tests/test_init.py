@@ -274,7 +274,7 @@ def test_another_base_gets_the_settings_of_the_nearest_size_by_its_parameters(tm
     _, raw = init(tmp_path, str(EXAMPLE_DATA), "--base", str(base))
     text = " ".join(line.lstrip("# ") for line in (tmp_path / "recipe.yaml").read_text().splitlines())
     assert said in text and f"recipes/{settings}.yaml" in text
-    expected = {"flan-t5-small": (3e-4, 16, 2), "flan-t5-large": (3e-4, 8, 2), "quickstart": (1e-3, 16, 10)}[settings]
+    expected = {"flan-t5-small": (3e-4, 16, 2), "flan-t5-large": (3e-4, 8, 2), "quickstart": (1e-3, 16, 3)}[settings]
     assert (raw["sft"]["learning_rate"], raw["sft"]["batch_size"], raw["sft"]["epochs"]) == expected
     assert raw["model"]["gradient_checkpointing"] is (settings == "flan-t5-large")
 

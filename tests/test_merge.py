@@ -34,10 +34,12 @@ print(json.dumps(tokenizer.batch_decode(ids, skip_special_tokens=True)))
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_model_dir):
-    """An 8-bit sft run with an evaluation (so that the model card has metrics to list)."""
+def run(tmp_path_factory, tiny_model_with_dropout_dir):
+    """An 8-bit sft run with an evaluation (so that the model card has metrics to list); trained with dropout, LoRA's
+    included, so that 150 steps give different answers to different prompts (tiny_model_with_dropout_dir)."""
     root = tmp_path_factory.mktemp("merge")
-    raw = tiny_run_recipe(root, tiny_model_dir, "merge-toy", ["sft", "evaluate"], sft_steps=150,
+    raw = tiny_run_recipe(root, tiny_model_with_dropout_dir, "merge-toy", ["sft", "evaluate"], sft_steps=150,
+                          lora={"sft": {"dropout": 0.05}},
                           evaluate={"data": {"files": [str(EXAMPLE_DATA / "test.jsonl")], "eval_fraction": 0,
                                              "columns": {"prompt": "document"}},
                                     "adapters": ["sft"], "max_prompts": 8})

@@ -12,7 +12,7 @@ import torch
 from lorahf import pipeline
 from lorahf.errors import LorahfError
 from lorahf.progress import Progress
-from lorahf.recipe import validate
+from lorahf.recipe import DataSpec, PPOStage, validate
 from lorahf.runs import RunFolder
 from lorahf.stages import ppo as ppo_stage
 from lorahf.training import CHECKPOINT_STATE
@@ -22,7 +22,8 @@ from tests.conftest import EXAMPLE_DATA
 WORD = "beat"  # the hand-written reward: +1 per occurrence of this word in the response
 
 
-def _recipe(tmp_path, model_dir, name="ppo-toy", stages=("sft", "ppo"), reward=None, sft_steps=100, **ppo):
+def _recipe(tmp_path, model_dir, name="ppo-toy", stages=("sft", "ppo"), reward=None, sft_steps=100, lora=None, **ppo):
+    """A toy PPO run against the word-count judge: gae (a value model) unless `ppo` names another advantage."""
     judge = tmp_path / "count_word.py"
     judge.write_text(f"def score(prompt, response):\n    return float(response.split().count({WORD!r}))\n")
     raw = {"name": name, "output_dir": str(tmp_path / "runs"), "seed": 0,
@@ -36,11 +37,13 @@ def _recipe(tmp_path, model_dir, name="ppo-toy", stages=("sft", "ppo"), reward=N
                    "eval_samples": 0},
            "ppo": {"data": {"files": [str(EXAMPLE_DATA / "prompts.jsonl")], "columns": {"prompt": "document"},
                             "eval_fraction": 0.02},
-                   "reward_judge": "count", "batch_size": 8, "minibatch_size": 4, "epochs": 2,
+                   "reward_judge": "count", "advantage": "gae", "batch_size": 8, "minibatch_size": 4, "epochs": 2,
                    "policy_learning_rate": 1e-3, "value_learning_rate": 1e-3, "beta": 0.02,
                    "eval_every": 5, "eval_prompts": 8, "checkpoint_every": 2, **ppo}}
     if reward is not None:
         raw["reward"] = reward
+    if lora is not None:
+        raw["lora"] = lora
     return validate(raw)
 
 
@@ -48,8 +51,10 @@ def _ppo_rows(recipe) -> list[dict]:
     return [row for row in RunFolder(recipe.run_dir).read_metrics("ppo") if "score_mean" in row]
 
 
-def test_ppo_learns_a_hand_written_reward_with_kl_near_zero_at_first(tmp_path, tiny_model_dir):
-    recipe = _recipe(tmp_path, tiny_model_dir, iterations=16, temperature=1.0)
+def test_ppo_learns_a_hand_written_reward_with_kl_near_zero_at_first(tmp_path, tiny_model_with_dropout_dir):
+    # SFT with dropout: without it, 100 steps leave SFT answering "beat beat 2-0 in." to everything (2 words already)
+    recipe = _recipe(tmp_path, tiny_model_with_dropout_dir, iterations=16, temperature=1.0,
+                     lora={"sft": {"dropout": 0.05}})
     result = pipeline.run(recipe)
     rows = _ppo_rows(recipe)
     first, last = rows[:4], rows[-4:]
@@ -98,6 +103,10 @@ def test_critic_free_settings_that_cannot_work_are_one_line_each(tmp_path, tiny_
         _recipe(tmp_path, tiny_model_dir, advantage="grpo", answers_per_prompt=3)
     assert _recipe(tmp_path, tiny_model_dir, advantage="grpo").ppo.answers == 4  # the default for a critic-free one
     assert _recipe(tmp_path, tiny_model_dir).ppo.answers == 1
+    default = PPOStage(data=DataSpec(files=["unused.jsonl"]))  # rloo, 4 answers a prompt, 2 epochs; gae's are 1 and 4
+    assert (default.advantage, default.answers, default.passes, default.critic) == ("rloo", 4, 2, False)
+    assert (PPOStage(data=DataSpec(files=["unused.jsonl"]), advantage="gae").passes, default.model_copy(
+        update={"epochs": 3}).passes) == (4, 3)
 
 
 def _fingerprint(tensors) -> str:
@@ -224,7 +233,8 @@ def test_ppo_recipe_checks_gather_every_problem(tmp_path, tiny_model_dir):
     assert any("ppo.data" in p and "held-out prompts" in p for p in problems)
 
 
-@pytest.mark.parametrize("estimator", [{}, {"advantage": "grpo", "kl_penalty": "loss", "kl_estimator": "k3"}])
+@pytest.mark.parametrize("estimator", [{"advantage": "gae"},
+                                       {"advantage": "grpo", "kl_penalty": "loss", "kl_estimator": "k3"}])
 def test_micro_batches_accumulate_to_the_same_update_as_one_pass(backbone, estimator):
     """Gradient accumulation over micro-batches gives the minibatch's gradient, with responses of unequal length
     (each part divides by the whole minibatch's tokens, not its own): policy and value (gae), or the policy alone
@@ -232,7 +242,7 @@ def test_micro_batches_accumulate_to_the_same_update_as_one_pass(backbone, estim
     from lorahf.data import collate
     from lorahf.ppo.rollout import Rollout
     from lorahf.ppo.update import _loss_and_backward
-    from lorahf.recipe import DataSpec, LoraSpec, PPOStage
+    from lorahf.recipe import LoraSpec
 
     for role in ("policy", "value"):
         backbone.add_adapter(role, LoraSpec(), head=role == "value")

@@ -19,11 +19,12 @@ from lorahf.runs import RunFolder
 
 @pytest.fixture(scope="module")
 def encoder_run(tmp_path_factory, tiny_model_dir, tiny_encoder_dir):
-    """sft -> reward (the tiny BERT, LoRA) -> ppo (2 iterations) -> evaluate (reward and gold judges), one run."""
+    """sft -> reward (the tiny BERT, LoRA) -> ppo (2 iterations, gae: a value model with no reward adapter to start
+    from) -> evaluate (reward and gold judges), one run."""
     root = tmp_path_factory.mktemp("encoder-reward")
     reward = {**tiny_reward_section(max_steps=6, eval_every=3), "model": str(tiny_encoder_dir)}
     recipe = validate(tiny_run_recipe(root, tiny_model_dir, "encoder", ["sft", "reward", "ppo", "evaluate"],
-                                      sft_steps=4, reward=reward, ppo=tiny_ppo_section(iterations=2, eval_every=1),
+                                      sft_steps=4, reward=reward, ppo=tiny_ppo_section(iterations=2, eval_every=1, advantage="gae"),
                                       evaluate={"max_prompts": 8, "judges": ["reward", "gold"]}))
     return recipe, pipeline.run(recipe)
 
