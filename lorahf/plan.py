@@ -723,14 +723,12 @@ def _cpu_attention(module, query, key, value, attention_mask, dropout=0.0, scali
     from transformers.integrations.sdpa_attention import (create_position_bias_mask, repeat_kv,
                                                           sdpa_attention_forward, use_gqa_in_sdpa)
 
-    bias = None if position_bias is None else create_position_bias_mask(position_bias, attention_mask,
-                                                                        bool(is_causal), query, key)
-    if dropout or (bias is not None and bias.requires_grad):
-        bias = None  # transformers' sdpa makes its own
+    if dropout or (position_bias is not None and position_bias.requires_grad):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal,
                                       position_bias=position_bias, **kwargs)
-    if bias is not None:
-        attention_mask, is_causal = bias, False
+    if position_bias is not None:
+        attention_mask = create_position_bias_mask(position_bias, attention_mask, bool(is_causal), query, key)
+        is_causal = False
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1 and not use_gqa_in_sdpa(attention_mask, key, value):
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
