@@ -22,13 +22,17 @@ def tiny_model_with_dropout_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny T5 with T5's usual dropout (0.1), as `make_tiny` built it before 2026-12-02: the short toy runs of
     test_merge and of test_ppo's word reward were tuned on it (without dropout, 100 to 250 steps on a few hundred rows
     land where every greedy answer is the same sentence). The same weights; only training differs."""
+    return with_dropout(tiny_model_dir, tmp_path_factory.mktemp("tiny") / "tiny-t5-dropout", 0.1)
+
+
+def with_dropout(model_dir: Path, folder: Path, rate: float) -> Path:
+    """A copy of the T5 in `model_dir` in `folder` whose config trains with dropout `rate` (the same weights)."""
     import json
     import shutil
 
-    folder = tmp_path_factory.mktemp("tiny") / "tiny-t5-dropout"
-    shutil.copytree(tiny_model_dir, folder)
+    shutil.copytree(model_dir, folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "dropout_rate": 0.1}))
+    (folder / "config.json").write_text(json.dumps({**config, "dropout_rate": rate}))
     return folder
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from lorahf import pipeline
 from lorahf.recipe import validate
-from tests.conftest import tiny_ppo_section, tiny_reward_section, tiny_run_recipe
+from tests.conftest import tiny_ppo_section, tiny_reward_section, tiny_run_recipe, with_dropout
 
 # Each process sums its share, then the shares are added: float sums in another order. Adam turns the last bits
 # of a near-zero gradient into a whole step (its update is about lr * sign), so weights differ by up to ~2e-4
@@ -29,10 +29,8 @@ SCORE_TOLERANCE = 5e-3  # absolute, on scores about 0.1 (measured 1.3e-3)
 
 
 def test_two_processes_run_every_stage_like_one_with_the_same_global_batch(tmp_path, tiny_model_dir):
-    model = tmp_path / "no-dropout"  # dropout draws differ by process; without it the two runs compute the same
-    shutil.copytree(tiny_model_dir, model)
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "dropout_rate": 0.0}))
+    model = with_dropout(tiny_model_dir, tmp_path / "no-dropout", 0.0)  # dropout draws differ by process; without
+    # it the two runs compute the same
     raw = tiny_run_recipe(tmp_path, model, "one", ["sft", "reward"], sft_steps=6,
                           reward={**tiny_reward_section(max_steps=4, eval_every=2), "batch_size": 8},
                           ppo=tiny_ppo_section(iterations=3, epochs=2, minibatch_size=8, top_k=1, eval_every=3, eval_prompts=8,

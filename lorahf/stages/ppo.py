@@ -118,7 +118,8 @@ def run(recipe, backbone, folder, progress) -> dict:
     backbone.load_adapter(POLICY, folder.adapter_dir(POLICY))
     backbone.set_trainable()
     metrics = {"iterations": state.iteration, "advantage": spec.advantage, "answers_per_prompt": spec.answers,
-               "epochs": spec.passes, **({"value_init": value_init(spec, reward)} if spec.critic else {}), "best_by": spec.best_by,
+               "epochs": spec.passes, **({"value_init": value_init(spec, reward)} if spec.critic else {}),
+               "best_by": spec.best_by,
                "best_iteration": state.best_iteration,
                "best": state.best, "kl_limit": kl_limit, "beta_last": controller.value,
                "seconds_per_iteration": statistics.median(state.seconds) if state.seconds else None,
