@@ -42,6 +42,29 @@ def test_8bit_base_has_bitsandbytes_int8_layers_on_cpu(backbone):
         assert backbone.base.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
 
 
+
+def test_8bit_layers_multiply_with_the_dequantized_weight_in_eval_mode_as_in_training(backbone, batch):
+    """On a CPU every int8 layer runs bitsandbytes' training kernel (weight dequantized, input kept in float), in
+    eval mode too: the layer is a plain matmul with its dequantized weight, and eval and train mode give the same
+    logits (the tiny bases have no dropout), where int8 inputs would add their own rounding."""
+    import bitsandbytes as bnb
+
+    from lorahf.ppo.rollout_weights import dense_weight
+
+    layer = next(m for m in backbone.base.modules() if isinstance(m, bnb.nn.Linear8bitLt))
+    inputs = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        backbone.model.eval()
+        evaluated = layer(inputs)
+        assert torch.allclose(evaluated, torch.nn.functional.linear(inputs, dense_weight(layer)), atol=1e-5)
+        backbone.add_adapter("sft", LoraSpec())
+        _randomize(backbone, "sft", seed=1)
+        backbone.model.eval()
+        eval_logits = backbone.use("sft").response_logits(batch)
+        backbone.model.train()
+        train_logits = backbone.use("sft").response_logits(batch)
+    assert torch.equal(eval_logits, train_logits)
+
 def test_tiny_model_head_is_untied_after_from_pretrained(backbone):
     head, embeddings = backbone.base.get_output_embeddings().weight, backbone.base.get_input_embeddings().weight
     assert head.data_ptr() != embeddings.data_ptr()
@@ -185,7 +208,8 @@ def test_saved_adapter_loads_with_plain_peft(backbone, batch, family_model_dir, 
     with torch.no_grad():
         for row, (prompt_length, response_length) in enumerate(zip(batch.attention_mask.sum(1),
                                                                      batch.response_lengths)):
-            prompt, response = batch.input_ids[row:row + 1, :prompt_length], batch.response_ids[row:row + 1, :response_length]
+            prompt = batch.input_ids[row:row + 1, :prompt_length]
+            response = batch.response_ids[row:row + 1, :response_length]
             if family.name == "seq2seq":
                 start = torch.zeros_like(response[:, :1])
                 logits = plain(input_ids=prompt, decoder_input_ids=torch.cat([start, response[:, :-1]], 1)).logits[0]

@@ -68,14 +68,15 @@ def test_ppo_learns_a_hand_written_reward_with_kl_near_zero_at_first(tmp_path, t
     assert {s["iteration"] for s in samples} == {0, 5, 10, 15, 16}
 
 
-def test_critic_free_ppo_learns_the_reward_with_no_value_model(tmp_path, tiny_model_dir):
+def test_critic_free_ppo_learns_the_reward_with_no_value_model(tmp_path, tiny_model_with_dropout_dir):
     """grpo with the KL in the loss, 4 answers to each of 2 prompts per iteration: the score rises, and no value
     adapter, head, loss or check exists anywhere. (rloo, with the KL in the reward, runs end to end in the resume
     test below; the estimators' math is tested in test_ppo_math.py, both learn on the bundled example in
-    BENCHMARKS.md.)"""
+    BENCHMARKS.md.) SFT with dropout, as in the test above: measured, the score went 0.8 -> 2.6 (first and last
+    4 iterations) with it, 0.4 -> 0.75 without."""
     advantage = "grpo"
-    recipe = _recipe(tmp_path, tiny_model_dir, iterations=16, temperature=1.0, advantage=advantage,
-                     answers_per_prompt=4, kl_penalty="loss", kl_estimator="k3")
+    recipe = _recipe(tmp_path, tiny_model_with_dropout_dir, iterations=16, temperature=1.0, advantage=advantage,
+                     answers_per_prompt=4, kl_penalty="loss", kl_estimator="k3", lora={"sft": {"dropout": 0.05}})
     result = pipeline.run(recipe)
     rows = _ppo_rows(recipe)
     first, last = rows[:4], rows[-4:]

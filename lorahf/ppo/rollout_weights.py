@@ -4,20 +4,22 @@
     merged.refresh(backbone)               # after every update: W = dequantized base weight + the policy's LoRA delta
     responses, lengths, logits = merged.generate(batch, max_new_tokens, do_sample=True, ...)
 
-Why: generation is a long chain of small sequential steps, and through bitsandbytes' int8 layers each matmul also
-quantizes its activations, checks for outliers and dequantizes its output (on the CPU, ~0.8 ms per call on the
-tiny base's matrices; on a GPU, several kernel launches per layer and token). The copy's layers are plain matmuls,
-with no LoRA branch either: the policy's delta B·A·scale is added into the weight.
+Why: generation is a long chain of small sequential steps, and through bitsandbytes' int8 layers on a GPU each
+matmul also quantizes its activations, checks for outliers and dequantizes its output (LLM.int8: several kernel
+launches per layer and token); on a CPU lorahf's int8 layers dequantize their weight at every call instead
+(`backbone._dequantize_int8_on_cpu`). The copy's layers are plain matmuls, with no LoRA branch either: the
+policy's delta B·A·scale is added into the weight.
 
 What it changes: the copy's weights are exactly the int8 weights the training path uses, dequantized (plus the
-policy's delta), so the two differ only in how a layer's input is rounded: the int8 path rounds each activation
-row to 255 levels (keeping outlier columns in 16 bits), the copy does not. The sampled tokens' log-probs therefore
-differ a little (`tests/test_rollout_weights.py` measures it), and PPO's ratio must compare the updated policy with
-the very policy the update trains. So the rollout reads the sampled tokens' log-probs again through the training
-path (one teacher-forced pass, as sft's log-probs are read) and uses those as the old log-probs: the first
-minibatch's ratio is then 1, exactly as with `quantized` sampling, and what remains is that the samples come from
-a distribution a hair away from the quantized policy's (their per-token log-ratio is logged as
-`rollout_logprob_gap`). A base loaded unquantized gives a copy whose weights equal the base's plus the delta.
+policy's delta). On a CPU the two paths then compute the same function, float rounding apart. On a GPU they differ
+in how a layer's input is rounded: LLM.int8 rounds each activation row to 255 levels (keeping outlier columns in 16
+bits), the copy does not. The sampled tokens' log-probs can therefore differ a little (`tests/test_rollout_weights.py`
+measures it), and PPO's ratio must compare the updated policy with the very policy the update trains. So the
+rollout reads the sampled tokens' log-probs again through the training path (one teacher-forced pass, as sft's
+log-probs are read) and uses those as the old log-probs: the first minibatch's ratio is then 1, exactly as with
+`quantized` sampling, and what remains is that the samples come from a distribution a hair away from the quantized
+policy's (their per-token log-ratio is logged as `rollout_logprob_gap`). A base loaded unquantized gives a copy
+whose weights equal the base's plus the delta.
 """
 
 from __future__ import annotations
