@@ -42,7 +42,6 @@ def test_8bit_base_has_bitsandbytes_int8_layers_on_cpu(backbone):
         assert backbone.base.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
 
 
-
 def test_8bit_layers_multiply_with_the_dequantized_weight_in_eval_mode_as_in_training(backbone, batch):
     """On a CPU every int8 layer runs bitsandbytes' training kernel (weight dequantized, input kept in float), in
     eval mode too: the layer is a plain matmul with its dequantized weight, and eval and train mode give the same
@@ -64,6 +63,7 @@ def test_8bit_layers_multiply_with_the_dequantized_weight_in_eval_mode_as_in_tra
         backbone.model.train()
         train_logits = backbone.use("sft").response_logits(batch)
     assert torch.equal(eval_logits, train_logits)
+
 
 def test_tiny_model_head_is_untied_after_from_pretrained(backbone):
     head, embeddings = backbone.base.get_output_embeddings().weight, backbone.base.get_input_embeddings().weight
