@@ -146,8 +146,7 @@ class Backbone:
         give_pad_token(tokenizer)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        if quantization == "8bit" and target.type == "cpu":
-            _dequantize_int8_on_cpu(model)
+        _dequantize_int8_on_cpu(model, quantization, target)
         if gradient_checkpointing:  # non-reentrant: no input needs requires_grad, dropout's RNG is replayed
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False  # a cache is never wanted while training; generate() asks for its own
@@ -617,13 +616,16 @@ def _compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _dequantize_int8_on_cpu(model) -> None:
-    """Every 8-bit layer multiplies as bitsandbytes does in training, in eval mode too: on a CPU it picks its kernel
-    from the layer's `training` flag, dequantizing the int8 weight for a plain float matmul in training
-    (MatMul8bitFp) and otherwise quantizing each input to int8 as well (MatMul8bitLt, with no fast CPU kernel). The
-    former is 2.4-3.6x faster at the tiny T5's shapes, faster up to Flan-T5-large's and within 10 % at xl's, with half
-    the error (benchmarks/int8_cpu_kernels.py), and generation, scoring and the update then compute the same numbers.
-    The flag sets nothing else in the layer; GPUs keep LLM.int8."""
+def _dequantize_int8_on_cpu(model, quantization: str, device: torch.device) -> None:
+    """On a CPU, every 8-bit layer of a model just loaded (the shared base, a reward encoder) multiplies as
+    bitsandbytes does in training, in eval mode too. bitsandbytes picks its CPU kernel from the layer's `training`
+    flag: in training it dequantizes the int8 weight for a plain float matmul (MatMul8bitFp), otherwise it quantizes
+    each input to int8 as well (MatMul8bitLt, with no fast CPU kernel). The former is 2.4-3.6x faster at the tiny
+    T5's shapes, faster up to Flan-T5-large's and within 10 % at xl's, with half the error
+    (benchmarks/int8_cpu_kernels.py), and generation, scoring and training then compute the same numbers. The flag
+    sets nothing else in the layer; GPUs keep LLM.int8."""
+    if quantization != "8bit" or device.type != "cpu":
+        return
     import bitsandbytes as bnb
 
     for module in model.modules():

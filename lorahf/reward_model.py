@@ -157,7 +157,8 @@ class EncoderReward:
         in full (full), or as it is (none); `saved`: a folder written by `write_adapter` to load instead."""
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        from lorahf.backbone import _compute_dtype, _first_line, _quantization_config, check_folder, quiet_libraries
+        from lorahf.backbone import (_compute_dtype, _dequantize_int8_on_cpu, _first_line, _quantization_config,
+                                     check_folder, quiet_libraries)
 
         quiet_libraries()
         tuning = tuning or ("none" if not spec.train else "full" if spec.full_finetune else "lora")
@@ -181,6 +182,7 @@ class EncoderReward:
         model.config.pad_token_id = tokenizer.pad_token_id
         for parameter in model.parameters():
             parameter.requires_grad_(tuning == "full")
+        _dequantize_int8_on_cpu(model, quantization, device)
         if tuning == "lora":
             model = with_lora(model, lora, saved)
         reward = cls(model, tokenizer, name, tuning, device, quantization)

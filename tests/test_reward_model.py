@@ -183,7 +183,11 @@ def test_a_killed_encoder_reward_stage_resumes_from_its_checkpoint(tmp_path, tin
 
 def test_an_8bit_encoder_trains_with_its_classifier_unquantized(tiny_encoder_dir):
     """reward.quantization 8bit: the encoder's linears are int8, its classifier (which peft trains whole) is not, and
-    a LoRA training step runs (an int8 classifier under peft's trainable copy cannot)."""
+    a LoRA training step runs (an int8 classifier under peft's trainable copy cannot). On a CPU its int8 layers
+    multiply by their dequantized weight in eval mode too, as the shared base's do (test_backbone)."""
+    import bitsandbytes as bnb
+
+    from lorahf.ppo.rollout_weights import dense_weight
     from lorahf.recipe import DataSpec, LoraSpec, RewardStage
 
     spec = RewardStage(data=DataSpec(files=["unused.jsonl"]), model=str(tiny_encoder_dir), quantization="8bit")
@@ -191,6 +195,12 @@ def test_an_8bit_encoder_trains_with_its_classifier_unquantized(tiny_encoder_dir
     kinds = {name: type(module).__name__ for name, module in reward.model.named_modules()}
     assert "Linear8bitLt" in kinds.values() and not any("8bit" in kind for name, kind in kinds.items()
                                                           if ".classifier" in name)
+    layer = next(m for m in reward.model.modules() if isinstance(m, bnb.nn.Linear8bitLt))
+    inputs = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(0))
+    reward.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(layer(inputs), torch.nn.functional.linear(inputs, dense_weight(layer), layer.bias),
+                              atol=1e-5)
     reward.set_trainable("reward")
     reward.model.train()
     reward.forward(reward.tokenize(["Rain in York.", "Falcons won."], ["Rain.", "Falcons."])).sum().backward()
