@@ -29,8 +29,8 @@ SCORE_TOLERANCE = 5e-3  # absolute, on scores about 0.1 (measured 1.3e-3)
 
 
 def test_two_processes_run_every_stage_like_one_with_the_same_global_batch(tmp_path, tiny_model_dir):
-    model = with_dropout(tiny_model_dir, tmp_path / "no-dropout", 0.0)  # dropout draws differ by process; without
-    # it the two runs compute the same
+    # dropout draws differ by process; without dropout the two runs compute the same
+    model = with_dropout(tiny_model_dir, tmp_path / "no-dropout", 0.0)
     raw = tiny_run_recipe(tmp_path, model, "one", ["sft", "reward"], sft_steps=6,
                           reward={**tiny_reward_section(max_steps=4, eval_every=2), "batch_size": 8},
                           ppo=tiny_ppo_section(iterations=3, epochs=2, minibatch_size=8, top_k=1, eval_every=3, eval_prompts=8,
